@@ -1,0 +1,71 @@
+"""SO3krates: embedding -> T Euclidean transformer layers -> per-atom energy head."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as fn
+
+from .config import So3kratesConfig
+from .layers import DegreeContraction, EuclideanTransformerLayer
+from .radial import CutoffFunction, RadialBasis
+from .spherical_harmonics import SphericalHarmonics
+
+
+class So3krates(nn.Module):
+    __jit_ignored_attributes__ = ["config"]
+
+    """Atomic energies (eV) from directed edge vectors r_ij = R_j - R_i (Angstrom).
+
+    Euclidean variables start at zero (as in all released SO3krates code); they are
+    filled by the Euclidean attention of the first layer.
+    """
+
+    def __init__(self, config: So3kratesConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        f, degrees = config.features, list(config.degrees)
+        self.features = f
+        self.num_sh = sum(2 * l + 1 for l in degrees)
+        self.cutoff = float(config.cutoff)
+        if config.message_normalization == "avg_neighbors":
+            if not config.avg_num_neighbors:
+                raise ValueError("message_normalization='avg_neighbors' needs avg_num_neighbors "
+                                 "(computed from the training data by `so3krates train`)")
+            nu_inv = nu_ev = float(config.avg_num_neighbors)
+        else:
+            nu_inv, nu_ev = math.sqrt(f // config.num_heads), math.sqrt(f // len(degrees))
+
+        self.embedding = nn.Embedding(len(config.elements), f)
+        self.radial_basis = RadialBasis(config.radial_basis, config.num_rbf, config.cutoff, config.bernstein_gamma)
+        self.cutoff_function = CutoffFunction(config.cutoff_function, config.cutoff)
+        self.spherical_harmonics = SphericalHarmonics(degrees)
+        self.contraction = DegreeContraction(degrees)
+        self.layers = nn.ModuleList([
+            EuclideanTransformerLayer(f, degrees, config.num_heads, config.num_rbf, nu_inv, nu_ev,
+                                      config.layer_norm, config.residual_mlp)
+            for _ in range(config.num_layers)])
+        width = config.energy_head_width or f
+        self.energy_hidden = nn.Linear(f, width)
+        self.energy_out = nn.Linear(width, 1)
+        # E_i = s_Z e_i + mu_Z; mu fitted by least squares (or isolated atoms) at training time.
+        self.register_buffer("energy_scale", torch.ones(len(config.elements), dtype=torch.float64))
+        self.register_buffer("energy_shift", torch.zeros(len(config.elements), dtype=torch.float64))
+        self.to(getattr(torch, config.dtype))
+
+    def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                species: torch.Tensor) -> torch.Tensor:
+        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV."""
+        r = torch.linalg.norm(vectors, dim=-1)
+        u = vectors / r.unsqueeze(-1)
+        rbf = self.radial_basis(r)
+        phi = self.cutoff_function(r)
+        sh = self.spherical_harmonics(u)
+        x = self.embedding(species)
+        ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
+        for layer in self.layers:
+            x, ev = layer(x, ev, rbf, phi, sh, idx_i, idx_j, self.contraction.contract, self.contraction.expand)
+        e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
+        return self.energy_scale.index_select(0, species) * e + self.energy_shift.index_select(0, species)

@@ -1,0 +1,153 @@
+"""The potential: element mapping, neighbour search and the network, as one scriptable module.
+
+This is exactly what `so3krates export` compiles to TorchScript. Energies in eV, lengths in
+Angstrom. Forces and the virial come from the gradient of the energy with respect to the
+edge vectors r_ij = R_j - R_i + shift_ij (pair forces), which gives both exactly and works the
+same whether the neighbour pairs come from the built-in search or from the engine (LAMMPS).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .config import So3kratesConfig
+from .neighbors import neighbor_list
+from .network import So3krates
+
+
+class Potential(nn.Module):
+    __jit_ignored_attributes__ = ["config"]
+
+    def __init__(self, network: So3krates):
+        super().__init__()
+        config: So3kratesConfig = network.config
+        self.config = config
+        self.network = network
+        self.cutoff = float(config.cutoff)
+        self.num_layers = int(config.num_layers)
+        self.interaction_range = float(config.interaction_range)
+        self.elements: List[int] = [int(z) for z in config.elements]
+        table = torch.full((119,), -1, dtype=torch.long)
+        for index, z in enumerate(config.elements):
+            table[z] = index
+        self.register_buffer("species_table", table)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.network.energy_shift.dtype
+
+    @torch.jit.export
+    def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
+        """Atomic numbers -> model element indices; an unknown element is an error."""
+        z = atomic_numbers.to(torch.long)
+        if z.numel() > 0:
+            if bool((z < 0).any()) or bool((z > 118).any()):
+                raise ValueError("atomic numbers must lie in 1..118")
+            species = self.species_table.index_select(0, z)
+            if bool((species < 0).any()):
+                missing: List[int] = torch.unique(z[species < 0]).tolist()
+                raise ValueError("element(s) with atomic number " + str(missing)
+                                 + " not in this model; the model knows atomic numbers "
+                                 + str(self.elements) + ": map your atoms onto these or retrain")
+            return species
+        return z
+
+    @torch.jit.export
+    def evaluate_edges(self, positions: torch.Tensor, species: torch.Tensor, idx_i: torch.Tensor,
+                       idx_j: torch.Tensor, shifts: Optional[torch.Tensor] = None,
+                       batch: Optional[torch.Tensor] = None, num_graphs: int = 1, num_local: int = -1,
+                       compute_forces: bool = True, compute_virial: bool = False,
+                       create_graph: bool = False) -> Dict[str, torch.Tensor]:
+        """Energy (per graph), per-atom energies, forces and virial from given pairs.
+
+        positions (N, 3) A; species (N,) model indices; idx_i/idx_j (E,) receiver/sender;
+        shifts (E, 3) Cartesian translations added to R_j - R_i; batch (N,) graph index of
+        each atom; num_local >= 0 sums the energy over the first num_local atoms only (the
+        atoms a LAMMPS rank owns; the rest are ghosts).
+        """
+        pos = positions.to(self.dtype)
+        vectors = pos.index_select(0, idx_j) - pos.index_select(0, idx_i)
+        if shifts is not None:
+            vectors = vectors + shifts.to(self.dtype)
+        need_grad = compute_forces or compute_virial
+        if need_grad and not create_graph:
+            vectors = vectors.detach()
+        if need_grad:
+            vectors.requires_grad_(True)
+        energies = self.network(vectors, idx_i, idx_j, species)
+        counted = energies
+        if num_local >= 0:
+            counted = energies[:num_local]
+        if batch is None:
+            energy = counted.sum().unsqueeze(0)
+        else:
+            b = batch if num_local < 0 else batch[:num_local]
+            energy = torch.zeros(num_graphs, dtype=energies.dtype, device=energies.device).index_add_(0, b, counted)
+        out: Dict[str, torch.Tensor] = {"energy": energy, "energies": energies}
+        if need_grad:
+            grads = torch.autograd.grad([energy.sum()], [vectors], create_graph=create_graph, allow_unused=True)
+            g = grads[0]
+            if g is None:
+                g = torch.zeros_like(vectors)
+            if compute_forces:
+                forces = torch.zeros_like(pos).index_add_(0, idx_i, g).index_add_(0, idx_j, -g)
+                out["forces"] = forces
+            if compute_virial:
+                # W = -sum_e r_e (x) dE/dr_e, in eV (LAMMPS sign convention: W = V * pressure tensor).
+                outer = -(vectors.unsqueeze(-1) * g.unsqueeze(-2))
+                if batch is None:
+                    virial = outer.sum(0).unsqueeze(0)
+                else:
+                    edge_graph = batch.index_select(0, idx_i)
+                    virial = torch.zeros((num_graphs, 3, 3), dtype=g.dtype, device=g.device).index_add_(0, edge_graph, outer)
+                out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
+        return out
+
+    @torch.jit.export
+    def neighbors(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
+                  pbc: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """The built-in neighbour search: [idx_i, idx_j, shifts]."""
+        idx_i, idx_j, shifts = neighbor_list(positions.to(self.dtype), self.cutoff, cell, pbc)
+        return [idx_i, idx_j, shifts]
+
+    @torch.jit.export
+    def compute(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
+                cell: Optional[torch.Tensor] = None, pbc: Optional[torch.Tensor] = None,
+                edge_index: Optional[torch.Tensor] = None, shifts: Optional[torch.Tensor] = None,
+                num_local: int = -1, compute_forces: bool = True,
+                compute_virial: bool = False) -> Dict[str, torch.Tensor]:
+        """One structure: energy (1,), energies (N,), forces (N, 3), virial (1, 3, 3).
+
+        Without edge_index the built-in neighbour search is used (periodic along pbc when a
+        cell is given); with edge_index (2, E) = (i, j) the caller's pairs and Cartesian
+        shifts (E, 3) are used as they are.
+        """
+        check_positions(positions)
+        species = self.species_index(atomic_numbers)
+        if edge_index is None:
+            pairs = self.neighbors(positions, cell, pbc)
+            idx_i, idx_j, shifts = pairs[0], pairs[1], pairs[2]
+        else:
+            idx_i, idx_j = edge_index[0], edge_index[1]
+        return self.evaluate_edges(positions, species, idx_i, idx_j, shifts, None, 1, num_local,
+                                   compute_forces, compute_virial, False)
+
+    def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
+                cell: Optional[torch.Tensor] = None, pbc: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Total energy (eV, scalar), differentiable with respect to positions."""
+        check_positions(positions)
+        species = self.species_index(atomic_numbers)
+        pairs = self.neighbors(positions, cell, pbc)
+        pos = positions.to(self.dtype)
+        vectors = pos.index_select(0, pairs[1]) - pos.index_select(0, pairs[0]) + pairs[2]
+        return self.network(vectors, pairs[0], pairs[1], species).sum()
+
+
+def check_positions(positions: torch.Tensor) -> None:
+    if positions.dim() != 2 or positions.shape[1] != 3:
+        raise ValueError("positions must have shape (N, 3), got " + str(positions.shape))
+    if not bool(torch.isfinite(positions).all()):
+        raise ValueError("positions contain NaN or infinite values: the structure (or the MD run "
+                         "that produced it) has blown up; check the input coordinates and time step")
