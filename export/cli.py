@@ -1,0 +1,53 @@
+"""`so3krates export` and `so3krates info`."""
+from __future__ import annotations
+
+import json
+
+from .exporter import export_model, read_metadata
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("export", help="compile a checkpoint into one TorchScript model file")
+    p.add_argument("checkpoint", help="checkpoint written by `so3krates train` (best.ckpt)")
+    p.add_argument("-o", "--output", required=True, help="output model file, e.g. model.pt")
+    p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.set_defaults(func=_export)
+
+    p = subparsers.add_parser("info", help="print the metadata of an exported model")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="print the metadata as JSON")
+    p.set_defaults(func=_info)
+
+
+def _export(args) -> int:
+    meta = export_model(args.checkpoint, args.output, dtype=args.dtype)
+    print(f"wrote {args.output}: elements {meta['elements']}, cutoff {meta['cutoff_A']} A, "
+          f"{meta['num_layers']} layers (interaction range {meta['interaction_range_A']} A), {meta['dtype']}")
+    return 0
+
+
+def _info(args) -> int:
+    meta = read_metadata(args.model)
+    if args.json:
+        print(json.dumps(meta, indent=2))
+        return 0
+    from ase.data import chemical_symbols
+    rows = [
+        ("model file", args.model),
+        ("format version", meta["format_version"]),
+        ("so3krates version", meta["so3krates_version"]),
+        ("torch version", meta["torch_version"]),
+        ("elements", " ".join(f"{chemical_symbols[z]}({z})" for z in meta["elements"])),
+        ("cutoff", f"{meta['cutoff_A']} A"),
+        ("layers", meta["num_layers"]),
+        ("interaction range", f"{meta['interaction_range_A']} A"),
+        ("units", f"{meta['length_unit']}, {meta['energy_unit']}"),
+        ("dtype", meta["dtype"]),
+        ("created", meta.get("provenance", {}).get("created", "?")),
+    ]
+    if "training_data_sha256" in meta.get("provenance", {}):
+        rows.append(("training data sha256", meta["provenance"]["training_data_sha256"]))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+    return 0

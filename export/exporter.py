@@ -1,0 +1,97 @@
+"""Write and read the exported model: TorchScript + metadata JSON in the same archive.
+
+The metadata is stored as the archive's extra file `extra/so3krates.json`, so it can be read
+without running (or even loading) the model: from Python with zipfile, from C++ with
+torch::jit::load(path, device, extra_files).
+"""
+from __future__ import annotations
+
+import copy
+import datetime as _dt
+import json
+import os
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+import so3krates
+from so3krates.model.checkpoint import atomic_write, network_from_checkpoint
+from so3krates.model.network import So3krates
+from so3krates.model.potential import Potential
+
+FORMAT_VERSION = 1
+METADATA_FILE = "so3krates.json"
+
+
+class NotASo3kratesModel(ValueError):
+    pass
+
+
+def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    cfg = network.config
+    shifts = network.energy_shift.detach().double().cpu().tolist()
+    return {
+        "format_version": FORMAT_VERSION,
+        "so3krates_version": so3krates.__version__,
+        "torch_version": torch.__version__,
+        "model": "so3krates",
+        "elements": [int(z) for z in cfg.elements],
+        "cutoff_A": float(cfg.cutoff),
+        "num_layers": int(cfg.num_layers),
+        "interaction_range_A": float(cfg.interaction_range),
+        "length_unit": "A",
+        "energy_unit": "eV",
+        "dtype": dtype,
+        "energy_shifts_eV": {str(z): s for z, s in zip(cfg.elements, shifts)},
+        "config": {**cfg.to_dict(), "dtype": dtype},
+        "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                       **(provenance or {})},
+    }
+
+
+def export_model(source, output: str | os.PathLike, dtype: str = "float64",
+                 provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Export a checkpoint path, a checkpoint dict or a So3krates network to ONE TorchScript file."""
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    payload_meta: Dict[str, Any] = {}
+    if isinstance(source, So3krates):
+        network = source
+    else:
+        network, payload = network_from_checkpoint(source)
+        payload_meta = dict(payload.get("metadata", {}))
+    network = copy.deepcopy(network).to(getattr(torch, dtype)).eval()
+    network.config = network.config.replace(dtype=dtype)
+    metadata = build_metadata(network, dtype, {**payload_meta, **(provenance or {})})
+    scripted = torch.jit.script(Potential(network))
+    extra = {METADATA_FILE: json.dumps(metadata, indent=1)}
+    atomic_write(output, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
+    return metadata
+
+
+def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
+    """Metadata of an exported model, read from the archive without loading the model."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise NotASo3kratesModel(f"{path} is not a TorchScript archive; export a trained checkpoint "
+                                 f"with `so3krates export CHECKPOINT -o model.pt`")
+    with zipfile.ZipFile(path) as archive:
+        names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_FILE)]
+        if not names:
+            raise NotASo3kratesModel(f"{path} has no so3krates metadata (extra/{METADATA_FILE}): it is not "
+                                     f"a so3krates model; export one with `so3krates export CHECKPOINT -o model.pt`")
+        metadata = json.loads(archive.read(names[0]))
+    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        raise NotASo3kratesModel(f"{path} uses model format {metadata['format_version']}, newer than this "
+                                 f"so3krates ({so3krates.__version__}, format {FORMAT_VERSION}); upgrade so3krates")
+    return metadata
+
+
+def load_exported(path: str | os.PathLike, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    metadata = read_metadata(path)
+    module = torch.jit.load(str(path), map_location=device)
+    return module.eval(), metadata

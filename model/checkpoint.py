@@ -1,0 +1,66 @@
+"""Checkpoints: plain dicts of tensors and built-in types, loadable with weights_only=True."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+
+from .config import So3kratesConfig
+from .network import So3krates
+
+CHECKPOINT_FORMAT = "so3krates-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike, write) -> None:
+    """Call write(tmp_path), then rename over `path`: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, network: So3krates, metadata: Optional[Dict[str, Any]] = None,
+                    **training_state: Any) -> None:
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "config": network.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in network.state_dict().items()},
+        "metadata": dict(metadata or {}),
+        **training_state,
+    }
+    atomic_write(path, lambda tmp: torch.save(payload, tmp))
+
+
+def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a TorchScript archive or a foreign pickle
+        raise ValueError(f"{path} is not a so3krates checkpoint (torch.load with weights_only=True "
+                         f"failed: {exc.__class__.__name__}); exported .pt files are loaded with "
+                         f"so3krates.export.load_exported instead") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a so3krates checkpoint (no '{CHECKPOINT_FORMAT}' marker)")
+    return payload
+
+
+def network_from_checkpoint(path_or_payload) -> Tuple[So3krates, Dict[str, Any]]:
+    payload = path_or_payload if isinstance(path_or_payload, dict) else load_checkpoint(path_or_payload)
+    network = So3krates(So3kratesConfig.from_dict(payload["config"]))
+    network.load_state_dict(payload["state_dict"])
+    network.eval()
+    return network, payload

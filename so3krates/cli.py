@@ -1,0 +1,55 @@
+"""`so3krates <verb>`: each verb lives in the module that owns it and registers itself here."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import List, Optional
+
+import so3krates
+
+# Each module defines register(subparsers) -> None, adding one or more verbs whose parser
+# has set_defaults(func=callable(args) -> int).
+VERB_MODULES = [
+    "so3krates.model.sample_cli",      # sample
+    "so3krates.model.train_cli",       # train
+    "so3krates.model.evaluate_cli",    # evaluate
+    "so3krates.export.cli",            # export, info
+    "so3krates.md",                    # md
+    "so3krates.lammps_pair.cli",       # lammps-plugin
+    "so3krates.validation.cli",        # validate
+    "so3krates.demo",                  # demo
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="so3krates", description="SO3krates machine-learned force field: "
+                                     "make data, train, export, run MD in OpenMM/LAMMPS, validate.")
+    parser.add_argument("--version", action="version", version=f"so3krates {so3krates.__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for name in VERB_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:  # verb not built yet
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"so3krates {args.verb}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
