@@ -90,7 +90,7 @@ class So3kratesConfig:
 PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(features=16, degrees=[1, 2], num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0),
     "small": dict(features=48, degrees=[1, 2, 3], num_layers=2, num_heads=4, num_rbf=16, cutoff=4.5),
-    "default": dict(features=128, degrees=[1, 2, 3, 4], num_layers=3, num_heads=4, num_rbf=32, cutoff=5.0),
+    "default": dict(features=128, degrees=[1, 2, 3, 4], num_layers=3, num_heads=4, num_rbf=32, cutoff=4.5),
     "so3lr": dict(features=128, degrees=[1, 2, 3, 4], num_layers=3, num_heads=4, num_rbf=32, cutoff=4.5,
                   cutoff_function="physnet", message_normalization="avg_neighbors",
                   avg_num_neighbors=13.169, layer_norm=True, residual_mlp=True),

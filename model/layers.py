@@ -51,7 +51,10 @@ class FilterNet(nn.Module):
 class InvariantAttention(nn.Module):
     """Multi-head attention without softmax on x:
     x_i += concat_h sum_j phi(r_ij) alpha_ij,h (W_v x_j)_h with
-    alpha_ij,h = sum_d (W_q x_i)_hd w_ij,hd (W_k x_j)_hd / nu."""
+    alpha_ij,h = sum_d (W_q x_i)_hd w_ij,hd (W_k x_j)_hd / nu.
+
+    With `mirrored`, each edge (i, j) is a pair and the messages flow both ways, i <- j and
+    j <- i, sharing the (symmetric) filter w_ij."""
 
     def __init__(self, features: int, num_heads: int, normalization: float):
         super().__init__()
@@ -63,19 +66,25 @@ class InvariantAttention(nn.Module):
         self.inv_norm = 1.0 / normalization
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor,
-                idx_i: torch.Tensor, idx_j: torch.Tensor) -> torch.Tensor:
+                idx_i: torch.Tensor, idx_j: torch.Tensor, mirrored: bool) -> torch.Tensor:
         h, d = self.num_heads, self.head_dim
-        q = self.query(x).index_select(0, idx_i).view(-1, h, d)
-        k = self.key(x).index_select(0, idx_j).view(-1, h, d)
-        v = self.value(x).index_select(0, idx_j).view(-1, h, d)
-        alpha = (q * w.view(-1, h, d) * k).sum(-1) * (phi.unsqueeze(-1) * self.inv_norm)  # (E, H)
-        messages = (alpha.unsqueeze(-1) * v).reshape(-1, h * d)
-        return torch.zeros_like(x).index_add_(0, idx_i, messages)
+        q, k, v = self.query(x), self.key(x), self.value(x)
+        w = w.view(-1, h, d)
+        scale = (phi * self.inv_norm).unsqueeze(-1)
+        out = torch.zeros_like(x)
+        alpha = (q.index_select(0, idx_i).view(-1, h, d) * w * k.index_select(0, idx_j).view(-1, h, d)).sum(-1) * scale
+        out.index_add_(0, idx_i, (alpha.unsqueeze(-1) * v.index_select(0, idx_j).view(-1, h, d)).view(-1, h * d))
+        if mirrored:
+            alpha = (q.index_select(0, idx_j).view(-1, h, d) * w * k.index_select(0, idx_i).view(-1, h, d)).sum(-1) * scale
+            out.index_add_(0, idx_j, (alpha.unsqueeze(-1) * v.index_select(0, idx_i).view(-1, h, d)).view(-1, h * d))
+        return out
 
 
 class EuclideanAttention(nn.Module):
     """One head per degree: ev_i,l += sum_j phi(r_ij) alpha_ij^(l) Y_l(u_ij) with
-    alpha_ij^(l) = sum_d (W_q x_i)_ld w_ij,ld (W_k x_j)_ld / nu'."""
+    alpha_ij^(l) = sum_d (W_q x_i)_ld w_ij,ld (W_k x_j)_ld / nu'.
+
+    With `mirrored`, also j <- i, using Y_l(u_ji) = (-1)^l Y_l(u_ij) (`parity`)."""
 
     def __init__(self, features: int, num_degrees: int, normalization: float):
         super().__init__()
@@ -86,13 +95,19 @@ class EuclideanAttention(nn.Module):
         self.inv_norm = 1.0 / normalization
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor,
-                expand: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, num_atoms: int) -> torch.Tensor:
+                expand: torch.Tensor, parity: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                mirrored: bool) -> torch.Tensor:
         n, c = self.num_degrees, self.chunk
-        q = self.query(x).index_select(0, idx_i).view(-1, n, c)
-        k = self.key(x).index_select(0, idx_j).view(-1, n, c)
-        alpha = (q * w.view(-1, n, c) * k).sum(-1) * (phi.unsqueeze(-1) * self.inv_norm)  # (E, n_D)
-        messages = (alpha @ expand) * sh                                                  # (E, S)
-        return torch.zeros((num_atoms, sh.shape[1]), dtype=sh.dtype, device=sh.device).index_add_(0, idx_i, messages)
+        q, k = self.query(x), self.key(x)
+        w = w.view(-1, n, c)
+        scale = (phi * self.inv_norm).unsqueeze(-1)
+        out = torch.zeros((x.shape[0], sh.shape[1]), dtype=sh.dtype, device=sh.device)
+        alpha = (q.index_select(0, idx_i).view(-1, n, c) * w * k.index_select(0, idx_j).view(-1, n, c)).sum(-1) * scale
+        out.index_add_(0, idx_i, (alpha @ expand) * sh)
+        if mirrored:
+            alpha = (q.index_select(0, idx_j).view(-1, n, c) * w * k.index_select(0, idx_i).view(-1, n, c)).sum(-1) * scale
+            out.index_add_(0, idx_j, (alpha @ expand) * (sh * parity))
+        return out
 
 
 class ExchangeBlock(nn.Module):
@@ -137,15 +152,18 @@ class EuclideanTransformerLayer(nn.Module):
         self.mlp = ResidualMLP(features) if residual_mlp else nn.Identity()
 
     def forward(self, x: torch.Tensor, ev: torch.Tensor, rbf: torch.Tensor, phi: torch.Tensor,
-                sh: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
-                contract: torch.Tensor, expand: torch.Tensor):
-        """contract (S, n_D) and expand (n_D, S) come from DegreeContraction."""
+                sh: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, contract: torch.Tensor,
+                expand: torch.Tensor, parity: torch.Tensor, mirrored: bool):
+        """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
+        are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
+        costly filter nets run once per pair. contract (S, n_D), expand (n_D, S) and parity (S,)
+        come from the network."""
         diff = ev.index_select(0, idx_j) - ev.index_select(0, idx_i)
         delta = (diff * diff) @ contract                                           # (E, n_D)
         w_inv = self.filter_inv(rbf, delta)
         w_ev = self.filter_ev(rbf, delta)
-        dx = self.invariant_attention(x, w_inv, phi, idx_i, idx_j)
-        dev = self.euclidean_attention(x, w_ev, phi, sh, expand, idx_i, idx_j, x.shape[0])
+        dx = self.invariant_attention(x, w_inv, phi, idx_i, idx_j, mirrored)
+        dev = self.euclidean_attention(x, w_ev, phi, sh, expand, parity, idx_i, idx_j, mirrored)
         x = self.norm_attention(x + dx)
         ev = ev + dev
         x, ev = self.exchange(x, ev, contract, expand)

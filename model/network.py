@@ -43,6 +43,8 @@ class So3krates(nn.Module):
         self.cutoff_function = CutoffFunction(config.cutoff_function, config.cutoff)
         self.spherical_harmonics = SphericalHarmonics(degrees)
         self.contraction = DegreeContraction(degrees)
+        parity = [float((-1) ** l) for l in degrees for _ in range(2 * l + 1)]
+        self.register_buffer("parity", torch.tensor(parity, dtype=torch.float64), persistent=False)
         self.layers = nn.ModuleList([
             EuclideanTransformerLayer(f, degrees, config.num_heads, config.num_rbf, nu_inv, nu_ev,
                                       config.layer_norm, config.residual_mlp)
@@ -56,8 +58,12 @@ class So3krates(nn.Module):
         self.to(getattr(torch, config.dtype))
 
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
-                species: torch.Tensor) -> torch.Tensor:
-        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV."""
+                species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
+        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV.
+
+        With half_list, each edge stands for both directions of its pair (r_ji = -r_ij), and the
+        costly filter nets run once per pair instead of once per direction.
+        """
         r = torch.linalg.norm(vectors, dim=-1)
         u = vectors / r.unsqueeze(-1)
         rbf = self.radial_basis(r)
@@ -66,6 +72,7 @@ class So3krates(nn.Module):
         x = self.embedding(species)
         ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
         for layer in self.layers:
-            x, ev = layer(x, ev, rbf, phi, sh, idx_i, idx_j, self.contraction.contract, self.contraction.expand)
+            x, ev = layer(x, ev, rbf, phi, sh, idx_i, idx_j, self.contraction.contract,
+                          self.contraction.expand, self.parity, half_list)
         e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
         return self.energy_scale.index_select(0, species) * e + self.energy_shift.index_select(0, species)

@@ -7,7 +7,7 @@ same whether the neighbour pairs come from the built-in search or from the engin
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -68,6 +68,7 @@ class Potential(nn.Module):
         atoms a LAMMPS rank owns; the rest are ghosts).
         """
         pos = positions.to(self.dtype)
+        idx_i, idx_j, shifts = half_pairs(idx_i, idx_j, shifts)
         vectors = pos.index_select(0, idx_j) - pos.index_select(0, idx_i)
         if shifts is not None:
             vectors = vectors + shifts.to(self.dtype)
@@ -76,7 +77,7 @@ class Potential(nn.Module):
             vectors = vectors.detach()
         if need_grad:
             vectors.requires_grad_(True)
-        energies = self.network(vectors, idx_i, idx_j, species)
+        energies = self.network(vectors, idx_i, idx_j, species, True)
         counted = energies
         if num_local >= 0:
             counted = energies[:num_local]
@@ -140,9 +141,31 @@ class Potential(nn.Module):
         check_positions(positions)
         species = self.species_index(atomic_numbers)
         pairs = self.neighbors(positions, cell, pbc)
+        idx_i, idx_j, shifts = half_pairs(pairs[0], pairs[1], pairs[2])
         pos = positions.to(self.dtype)
-        vectors = pos.index_select(0, pairs[1]) - pos.index_select(0, pairs[0]) + pairs[2]
-        return self.network(vectors, pairs[0], pairs[1], species).sum()
+        vectors = pos.index_select(0, idx_j) - pos.index_select(0, idx_i)
+        if shifts is not None:
+            vectors = vectors + shifts
+        return self.network(vectors, idx_i, idx_j, species, True).sum()
+
+
+def half_pairs(idx_i: torch.Tensor, idx_j: torch.Tensor, shifts: Optional[torch.Tensor]
+               ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """One edge per pair from a full (symmetric) list: keep i < j, and for an atom and its own
+    periodic image (i == j) the shift whose first non-zero component is positive."""
+    keep = idx_i < idx_j
+    if shifts is not None:
+        s = shifts
+        first = torch.where(s[:, 0] != 0, s[:, 0], torch.where(s[:, 1] != 0, s[:, 1], s[:, 2]))
+        keep = keep | ((idx_i == idx_j) & (first > 0))
+    kept = int(keep.sum())
+    if 2 * kept != idx_i.shape[0]:
+        raise ValueError("the neighbour list is not symmetric (" + str(idx_i.shape[0]) + " directed edges, "
+                         + str(kept) + " pairs): pass both directions i<-j and j<-i of every pair, "
+                         "with opposite shifts")
+    if shifts is not None:
+        return idx_i[keep], idx_j[keep], shifts[keep]
+    return idx_i[keep], idx_j[keep], shifts
 
 
 def check_positions(positions: torch.Tensor) -> None:
