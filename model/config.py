@@ -18,7 +18,7 @@ class So3kratesConfig:
     degrees: List[int] = field(default_factory=lambda: [1, 2, 3, 4])
     num_layers: int = 3            # T
     num_heads: int = 4             # H, heads of the invariant attention
-    cutoff: float = 5.0            # r_c in Angstrom
+    cutoff: float = 4.5            # r_c in Angstrom
     num_rbf: int = 32              # K
     radial_basis: str = "bernstein"
     bernstein_gamma: float = 0.9448630629  # 1/Angstrom, SO3LR default
