@@ -1,0 +1,38 @@
+"""`so3krates validate`."""
+from __future__ import annotations
+
+import json
+
+from so3krates.md import read_structure
+
+from .validate import EngineSpec, ValidationSettings, format_report, plot_report, validate
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("validate", help="cross-engine agreement and energy conservation of a model file")
+    p.add_argument("model", help="exported model file")
+    p.add_argument("structure", help="structure file or ASE molecule name (e.g. ethanol)")
+    p.add_argument("--engines", default="ase,openmm,lammps,lammps:2",
+                   help="comma-separated ENGINE[:RANKS][@MODEL] (default: %(default)s)")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--timestep", type=float, default=0.5, help="fs")
+    p.add_argument("--temperature", type=float, default=300.0, help="K, initial Maxwell-Boltzmann velocities")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", help="write every figure to this JSON file")
+    p.add_argument("--plot", help="write total energy and divergence against time to this image")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_main)
+
+
+def _main(args) -> int:
+    engines = [EngineSpec.parse(e.strip()) for e in args.engines.split(",") if e.strip()]
+    settings = ValidationSettings(steps=args.steps, timestep_fs=args.timestep, temperature=args.temperature,
+                                  seed=args.seed)
+    report = validate(args.model, read_structure(args.structure), engines, settings, progress=not args.quiet)
+    print(format_report(report))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({k: v for k, v in report.items() if not k.startswith("_")}, fh, indent=1)
+    if args.plot:
+        plot_report(report, args.plot)
+    return 0 if report["passed"] else 1

@@ -1,0 +1,196 @@
+"""Cross-engine validation: the same model file, the same initial state, every engine.
+
+1. step 0: energy, forces (and virial for periodic cells) of each engine against the ASE calculator;
+2. NVE from identical positions and velocities: total-energy drift and fluctuation per engine;
+3. trajectory divergence from the reference Python MD (ASE velocity Verlet).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Dict, List, Optional
+
+import numpy as np
+from ase import Atoms
+
+from so3krates.export import read_metadata
+from so3krates.md import MDResult, MDSettings, initial_state
+from so3krates.md import run as run_md
+
+from .metrics import divergence, energy_conservation, step0_difference
+from .single_point import single_point
+
+
+@dataclass
+class EngineSpec:
+    """`ENGINE[:RANKS][@MODEL]`, e.g. `openmm`, `lammps:2`, `openmm@model_f32.pt`."""
+    engine: str
+    ranks: int = 1
+    model: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        text = self.engine + (f":{self.ranks}" if self.ranks != 1 else "")
+        return text + (f"@{self.model}" if self.model else "")
+
+    @classmethod
+    def parse(cls, text: str) -> "EngineSpec":
+        model = None
+        if "@" in text:
+            text, model = text.split("@", 1)
+        engine, _, ranks = text.partition(":")
+        if engine not in ("ase", "openmm", "lammps"):
+            raise ValueError(f"unknown engine {engine!r} in --engines; use ase, openmm, lammps or lammps:N")
+        if ranks and engine != "lammps":
+            raise ValueError(f"{text}: only lammps takes a rank count (lammps:2)")
+        return cls(engine, int(ranks) if ranks else 1, model)
+
+
+@dataclass
+class Tolerances:
+    """Defaults by model dtype; see docs/validation.md for the reasoning."""
+    max_abs_dE_meV_per_atom: float
+    max_abs_dF_meV_per_A: float
+    max_abs_drift_meV_per_atom_per_ps: float
+    max_fluctuation_to_kinetic_ratio: float
+    min_time_to_0_01A_fs: float
+
+    @classmethod
+    def for_dtype(cls, dtype: str) -> "Tolerances":
+        if dtype == "float64":
+            return cls(1e-6, 1e-5, 0.05, 0.05, 50.0)
+        return cls(0.05, 1.0, 0.5, 0.1, 0.0)
+
+
+@dataclass
+class ValidationSettings:
+    steps: int = 2000
+    timestep_fs: float = 0.5
+    temperature: float = 300.0
+    seed: int = 0
+    log_every: int = 5
+    traj_every: int = 5
+    tolerances: Optional[Tolerances] = None
+
+
+def validate(model_path: str, atoms: Atoms, engines: List[EngineSpec], settings: ValidationSettings,
+             progress: bool = True, log=print) -> Dict:
+    meta = read_metadata(model_path)
+    tol = settings.tolerances or Tolerances.for_dtype(meta["dtype"])
+    start = initial_state(atoms, settings.temperature, settings.seed)
+    n = len(start)
+    md = MDSettings(ensemble="nve", temperature=settings.temperature, timestep_fs=settings.timestep_fs,
+                    steps=settings.steps, seed=settings.seed, log_every=settings.log_every,
+                    traj_every=settings.traj_every)
+    periodic = bool(start.pbc.all())
+    labels = [e.label for e in engines]
+    log(f"validating {model_path} ({meta['dtype']}, {n} atoms, {'periodic' if periodic else 'non-periodic'}) "
+        f"on {', '.join(labels)}; reference: ase")
+
+    reference_point = single_point("ase", model_path, start)
+    step0: Dict[str, Dict[str, float]] = {}
+    for spec in engines:
+        point = single_point(spec.engine, spec.model or model_path, start, ranks=spec.ranks)
+        step0[spec.label] = step0_difference(reference_point, point, n)
+
+    runs: Dict[str, MDResult] = {}
+    reference_run = run_md("ase", model_path, start, md, progress=progress)
+    for spec in engines:
+        if spec.engine == "ase" and spec.model is None:
+            runs[spec.label] = reference_run
+        else:
+            runs[spec.label] = run_md(spec.engine, spec.model or model_path, start, md, ranks=spec.ranks,
+                                      progress=progress)
+    nve = {label: energy_conservation(r) for label, r in runs.items()}
+    trajectory = {label: divergence(reference_run, r) for label, r in runs.items()}
+
+    failures: List[str] = []
+    for label in labels:
+        s = step0[label]
+        if s["max_abs_dE_meV_per_atom"] > tol.max_abs_dE_meV_per_atom:
+            failures.append(f"{label}: step-0 energy differs from ase by {s['max_abs_dE_meV_per_atom']:.3g} meV/atom "
+                            f"(tolerance {tol.max_abs_dE_meV_per_atom:g})")
+        if s["max_abs_dF_meV_per_A"] > tol.max_abs_dF_meV_per_A:
+            failures.append(f"{label}: step-0 forces differ from ase by {s['max_abs_dF_meV_per_A']:.3g} meV/A "
+                            f"(tolerance {tol.max_abs_dF_meV_per_A:g})")
+        c = nve[label]
+        if abs(c["drift_meV_per_atom_per_ps"]) > tol.max_abs_drift_meV_per_atom_per_ps:
+            failures.append(f"{label}: NVE drift {c['drift_meV_per_atom_per_ps']:.3g} meV/atom/ps "
+                            f"(tolerance {tol.max_abs_drift_meV_per_atom_per_ps:g})")
+        if c["fluctuation_to_kinetic_ratio"] > tol.max_fluctuation_to_kinetic_ratio:
+            failures.append(f"{label}: total-energy fluctuation is {c['fluctuation_to_kinetic_ratio']:.3g} of the "
+                            f"kinetic-energy fluctuation (tolerance {tol.max_fluctuation_to_kinetic_ratio:g}): "
+                            f"the time step is too large or the forces are not the energy gradient")
+        t = trajectory[label]["time_to_0.01A_fs"]
+        if t is not None and t < tol.min_time_to_0_01A_fs:
+            failures.append(f"{label}: trajectory departs from the ase reference by 0.01 A after {t:g} fs "
+                            f"(tolerance: not before {tol.min_time_to_0_01A_fs:g} fs)")
+
+    report = {
+        "model": str(model_path),
+        "metadata": {k: meta[k] for k in ("so3krates_version", "dtype", "elements", "cutoff_A", "num_layers")},
+        "num_atoms": n,
+        "periodic": periodic,
+        "settings": {k: v for k, v in asdict(settings).items() if k != "tolerances"},
+        "tolerances": asdict(tol),
+        "engines": labels,
+        "step0": step0,
+        "nve": nve,
+        "trajectory": trajectory,
+        "failures": failures,
+        "passed": not failures,
+        "_runs": runs,
+    }
+    return report
+
+
+def format_report(report: Dict) -> str:
+    lines = []
+    tol = report["tolerances"]
+    lines.append(f"step 0 against ase (tolerances: {tol['max_abs_dE_meV_per_atom']:g} meV/atom, "
+                 f"{tol['max_abs_dF_meV_per_A']:g} meV/A)")
+    lines.append(f"  {'engine':<22}{'max|dE| meV':>14}{'meV/atom':>12}{'max|dF| meV/A':>15}{'max|dW| meV':>13}")
+    for label, s in report["step0"].items():
+        dw = s.get("max_abs_dvirial_meV")
+        lines.append(f"  {label:<22}{s['max_abs_dE_meV']:>14.3g}{s['max_abs_dE_meV_per_atom']:>12.3g}"
+                     f"{s['max_abs_dF_meV_per_A']:>15.3g}{('-' if dw is None else f'{dw:.3g}'):>13}")
+    st = report["settings"]
+    lines.append(f"NVE, {st['steps']} steps of {st['timestep_fs']} fs from identical positions and velocities "
+                 f"(tolerance |drift| <= {tol['max_abs_drift_meV_per_atom_per_ps']:g} meV/atom/ps, "
+                 f"fluctuation/kinetic <= {tol['max_fluctuation_to_kinetic_ratio']:g})")
+    lines.append(f"  {'engine':<22}{'drift meV/atom/ps':>19}{'fluct meV/atom':>16}{'fluct/kin':>11}{'t(0.01 A) fs':>14}")
+    for label, c in report["nve"].items():
+        t = report["trajectory"][label]["time_to_0.01A_fs"]
+        t_text = f"> {report['trajectory'][label]['compared_until_fs']:g}" if t is None else f"{t:g}"
+        lines.append(f"  {label:<22}{c['drift_meV_per_atom_per_ps']:>19.3g}{c['fluctuation_meV_per_atom']:>16.3g}"
+                     f"{c['fluctuation_to_kinetic_ratio']:>11.3g}{t_text:>14}")
+    if report["failures"]:
+        lines.append("FAILED:")
+        lines.extend("  " + f for f in report["failures"])
+    else:
+        lines.append("PASSED: every engine agrees with the reference within the tolerances")
+    return "\n".join(lines)
+
+
+def plot_report(report: Dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (ax_e, ax_d) = plt.subplots(1, 2, figsize=(11, 4))
+    n = report["num_atoms"]
+    for label, run in report["_runs"].items():
+        etot = run.total_eV
+        ax_e.plot(run.time_fs / 1000.0, (etot - etot[0]) * 1000.0 / n, label=label, lw=1)
+        tr = report["trajectory"][label]
+        ax_d.semilogy(tr["time_fs"], np.maximum(tr["rmsd_A"], 1e-16), label=label, lw=1)
+    ax_e.set_xlabel("time (ps)")
+    ax_e.set_ylabel("total energy - E(0) (meV/atom)")
+    ax_e.set_title("NVE energy conservation")
+    ax_d.axhline(0.01, color="grey", ls="--", lw=0.8)
+    ax_d.set_xlabel("time (fs)")
+    ax_d.set_ylabel("RMSD from ase reference (A)")
+    ax_d.set_title("trajectory divergence")
+    for ax in (ax_e, ax_d):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
