@@ -59,7 +59,8 @@ class So3krates(nn.Module):
 
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
                 species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
-        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV.
+        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV,
+        always float64.
 
         With half_list, each edge stands for both directions of its pair (r_ji = -r_ij), and the
         costly filter nets run once per pair instead of once per direction.
@@ -75,4 +76,7 @@ class So3krates(nn.Module):
             x, ev = layer(x, ev, rbf, phi, sh, idx_i, idx_j, self.contraction.contract,
                           self.contraction.expand, self.parity, half_list)
         e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
-        return self.energy_scale.index_select(0, species) * e + self.energy_shift.index_select(0, species)
+        # Atomic energies are accumulated in float64 even for float32 models: the element shifts
+        # (~ -1000 eV) would otherwise cost ~1e-4 eV of round-off per atom in every sum.
+        scaled = (self.energy_scale.index_select(0, species) * e).to(torch.float64)
+        return scaled + self.energy_shift.index_select(0, species).to(torch.float64)

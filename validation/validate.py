@@ -58,7 +58,7 @@ class Tolerances:
     def for_dtype(cls, dtype: str) -> "Tolerances":
         if dtype == "float64":
             return cls(1e-6, 1e-5, 0.05, 0.05, 50.0)
-        return cls(0.05, 1.0, 0.5, 0.1, 0.0)
+        return cls(0.1, 1.0, 0.5, 0.1, 0.0)
 
 
 @dataclass
