@@ -1,0 +1,57 @@
+"""Energy, per-atom energies, forces and virial of one structure through LAMMPS (`run 0`)."""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+from ase import Atoms
+
+from .runner import ENERGY_PER_EV, NKTV2P, THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
+from .system import lammps_system, write_data
+
+VIRIAL_COLUMNS = ["c_virial[1]", "c_virial[2]", "c_virial[3]", "c_virial[4]", "c_virial[5]", "c_virial[6]"]
+
+
+def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "metal",
+                 workdir: Optional[str] = None, extra_commands: str = "") -> Dict[str, np.ndarray]:
+    """{'energy': eV, 'energies': (N,) eV, 'forces': (N, 3) eV/A, 'virial': (3, 3) eV
+    (W = V * pressure tensor, virial part; for a molecule sum_i r_i (x) F_i), 'log': LAMMPS log},
+    in the frame and atom order of `atoms`."""
+    if units not in ENERGY_PER_EV:
+        raise ValueError(f"units {units!r}: the so3krates pair style supports {sorted(ENERGY_PER_EV)}")
+    system = lammps_system(atoms)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        write_data(str(tmp / "data.lmp"), system)
+        script = setup_commands(system, model_path, "data.lmp", units) + "\n".join([
+            extra_commands,
+            "compute virial all pressure NULL virial",
+            "compute peatom all pe/atom",
+            "thermo_style custom step pe vol " + " ".join(VIRIAL_COLUMNS),
+            THERMO_PRECISION,
+            "dump forces all custom 1 forces.dump id fx fy fz c_peatom",
+            "dump_modify forces sort id format float %.17g",
+            "run 0",
+            "",
+        ])
+        log = run_lammps(script, tmp, ranks)
+        thermo = parse_thermo(log)
+        _, columns, values = read_dump(tmp / "forces.dump")[0]
+    conv = ENERGY_PER_EV[units]
+    col = {name: k for k, name in enumerate(columns)}
+    order = np.argsort(values[:, col["id"]])
+    values = values[order]
+    forces = values[:, [col["fx"], col["fy"], col["fz"]]] / conv
+    out = {
+        "energy": float(thermo["PotEng"][0]) / conv,
+        "energies": values[:, col["c_peatom"]] / conv,
+        "forces": system.to_ase(forces),
+        "log": log,
+    }
+    p = np.array([thermo[c][0] for c in VIRIAL_COLUMNS])   # xx yy zz xy xz yz
+    w = p * float(thermo["Volume"][0]) / NKTV2P[units] / conv
+    tensor = np.array([[w[0], w[3], w[4]], [w[3], w[1], w[5]], [w[4], w[5], w[2]]])
+    out["virial"] = system.tensor_to_ase(tensor)
+    return out
