@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -19,14 +19,17 @@ KCAL_PER_MOL_PER_EV = 96.485332 / 4.184
 ENERGY_PER_EV = {"metal": 1.0, "real": KCAL_PER_MOL_PER_EV}
 
 
-def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units: str = "metal") -> str:
-    """From `units` to `pair_coeff`: the part every so3krates LAMMPS input shares."""
+def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units: str = "metal",
+                   before_box: str = "") -> str:
+    """From `units` to `pair_coeff`: the part every so3krates LAMMPS input shares. `before_box`:
+    commands that must precede read_data (e.g. `processors 2 1 1`)."""
     model = Path(model_path).resolve()
     return "\n".join([
         f"units {units}",
         "atom_style atomic",
         f"boundary {system.boundary}",
         "newton on",
+        before_box,
         f"plugin load {plugin_path()}",
         f"read_data {data_file}",
         "pair_style so3krates",
@@ -39,9 +42,11 @@ def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units:
 THERMO_PRECISION = "thermo_modify format float %.17g"
 
 
-def run_lammps(script: str, workdir: Path, ranks: int = 1, timeout: float = 3600.0) -> str:
-    """Run `script` in `workdir`; returns the LAMMPS log text. Raises RuntimeError with LAMMPS'
-    ERROR line when the run fails."""
+def run_lammps(script: str, workdir: Path, ranks: int = 1, runs: Sequence[str] = (),
+               after_run: Optional[Callable[[int], None]] = None, timeout: float = 3600.0) -> str:
+    """Run `script` and then the commands in `runs` (one `run ...` each) in `workdir`; returns the
+    LAMMPS log text. In-process, after_run(k) is called after runs[k] (progress bars). A failed run
+    raises RuntimeError with LAMMPS' ERROR line."""
     workdir = Path(workdir)
     (workdir / "in.lammps").write_text(script)
     log = workdir / "log.lammps"
@@ -51,12 +56,17 @@ def run_lammps(script: str, workdir: Path, ranks: int = 1, timeout: float = 3600
         os.chdir(workdir)  # relative file names in the script mean the same as under `lmp`
         try:
             lmp.file("in.lammps")
+            for k, command in enumerate(runs):
+                lmp.command(command)
+                if after_run:
+                    after_run(k)
         except Exception as exc:  # LAMMPS errors arrive as a plain Exception with the ERROR text
             raise RuntimeError(f"LAMMPS failed: {exc}") from None
         finally:
             os.chdir(cwd)
             lmp.close()
         return log.read_text()
+    (workdir / "in.lammps").write_text(script + "\n".join(runs) + "\n")
     cmd = lmp_command(ranks) + ["-nocite", "-in", "in.lammps", "-log", str(log), "-screen", "none"]
     proc = subprocess.run(cmd, cwd=workdir, env=subprocess_env(), capture_output=True, text=True,
                           timeout=timeout)

@@ -95,7 +95,7 @@ def lmp_command(ranks: int = 1) -> List[str]:
 
 
 def subprocess_env() -> dict:
-    """Environment for `lmp` runs: libmpi on the library path; one torch thread per rank unless set."""
+    """Environment for `lmp` runs: libmpi on the library path."""
     env = dict(os.environ)
     lib = str(mpi_library().parent)
     env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")

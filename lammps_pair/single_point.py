@@ -15,7 +15,8 @@ VIRIAL_COLUMNS = ["c_virial[1]", "c_virial[2]", "c_virial[3]", "c_virial[4]", "c
 
 
 def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "metal",
-                 workdir: Optional[str] = None, extra_commands: str = "") -> Dict[str, np.ndarray]:
+                 workdir: Optional[str] = None, before_box: str = "", extra_commands: str = ""
+                 ) -> Dict[str, np.ndarray]:
     """{'energy': eV, 'energies': (N,) eV, 'forces': (N, 3) eV/A, 'virial': (3, 3) eV
     (W = V * pressure tensor, virial part; for a molecule sum_i r_i (x) F_i), 'log': LAMMPS log},
     in the frame and atom order of `atoms`."""
@@ -25,7 +26,7 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         write_data(str(tmp / "data.lmp"), system)
-        script = setup_commands(system, model_path, "data.lmp", units) + "\n".join([
+        script = setup_commands(system, model_path, "data.lmp", units, before_box) + "\n".join([
             extra_commands,
             "compute virial all pressure NULL virial",
             "compute peatom all pe/atom",

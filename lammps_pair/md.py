@@ -1,0 +1,91 @@
+"""`so3krates md --engine lammps [--ranks N]`: the same MD as the other engines, run by LAMMPS.
+
+NVE: fix nve (velocity Verlet). NVT: fix langevin + fix nve. Units metal; positions and
+velocities start from `atoms` exactly (velocities converted to A/ps), energies come from the
+thermo log (pe, ke in eV) and frames from a dump (unwrapped positions, velocities, sorted by id),
+converted back to the ASE frame and units.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from so3krates.md import MDResult, MDSettings
+
+from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
+from .system import ASE_TIME_PER_PS, lammps_system, write_data
+
+PS_PER_FS = 1e-3
+PROGRESS_CHUNKS = 50   # in-process runs are split into this many `run` commands for the progress bar
+
+
+def md_script(system, model_path: str, settings: MDSettings) -> str:
+    lines = [setup_commands(system, model_path, "data.lmp"),
+             f"timestep {settings.timestep_fs * PS_PER_FS:.17g}"]
+    if settings.ensemble == "nvt":
+        damp_ps = 1.0 / settings.friction_per_ps
+        seed = settings.seed + 1  # LAMMPS seeds must be positive
+        lines.append(f"fix thermostat all langevin {settings.temperature} {settings.temperature} {damp_ps} {seed}")
+    lines += ["fix integrate all nve",
+              "thermo_style custom step pe ke etotal",
+              THERMO_PRECISION,
+              f"thermo {settings.log_every}"]
+    if settings.traj_every:
+        lines += [f"dump traj all custom {settings.traj_every} traj.dump id xu yu zu vx vy vz",
+                  "dump_modify traj sort id format float %.17g"]
+    return "\n".join(lines) + "\n"
+
+
+def run_chunks(steps: int, log_every: int) -> list:
+    """`run` commands covering `steps` (chunk ends on log steps); only the first one sets up."""
+    if steps == 0:
+        return ["run 0"]
+    chunk = max(log_every, steps // PROGRESS_CHUNKS // log_every * log_every)
+    runs = []
+    for done in range(0, steps, chunk):
+        runs.append(f"run {min(chunk, steps - done)} pre {'no' if runs else 'yes'} post no")
+    return runs
+
+
+def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progress: bool = True) -> MDResult:
+    from tqdm import tqdm
+
+    settings.validate()
+    if ranks < 1:
+        raise ValueError(f"ranks must be >= 1, got {ranks}")
+    system = lammps_system(atoms)
+    result = MDResult(engine="lammps" if ranks == 1 else f"lammps:{ranks}", timestep_fs=settings.timestep_fs,
+                      num_atoms=len(atoms))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        write_data(str(tmp / "data.lmp"), system, velocities=True)
+        script = md_script(system, str(model_path), settings)
+        runs = run_chunks(settings.steps, settings.log_every) if ranks == 1 else [f"run {settings.steps}"]
+        bar = tqdm(total=settings.steps, desc=f"lammps md ({ranks} rank{'s' if ranks > 1 else ''})", unit="step",
+                   disable=not progress or ranks > 1, leave=False)
+        chunk_steps = [int(r.split()[1]) for r in runs]
+        start = time.perf_counter()
+        log = run_lammps(script, tmp, ranks, runs, after_run=lambda k: bar.update(chunk_steps[k]))
+        result.wall_time_s = time.perf_counter() - start
+        bar.close()
+        thermo = parse_thermo(log)
+        for step, pe, ke in zip(thermo["Step"], thermo["PotEng"], thermo["KinEng"]):
+            if int(step) % settings.log_every == 0:
+                result.add(int(step), pe, ke)
+        if settings.traj_every:
+            for step, columns, values in read_dump(tmp / "traj.dump"):
+                if step % settings.traj_every or step in result.frame_steps:
+                    continue  # consecutive runs may repeat their boundary step
+                col = {name: k for k, name in enumerate(columns)}
+                values = values[np.argsort(values[:, col["id"]])]
+                frame = atoms.copy()
+                frame.calc = None
+                frame.positions = system.to_ase(values[:, [col["xu"], col["yu"], col["zu"]]])
+                frame.set_velocities(system.to_ase(values[:, [col["vx"], col["vy"], col["vz"]]]) / ASE_TIME_PER_PS)
+                result.frames.append(frame)
+                result.frame_steps.append(step)
+    return result
