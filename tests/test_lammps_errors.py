@@ -1,0 +1,76 @@
+"""Bad input stops the real `lmp` executable with an ERROR line that says what to write instead
+(no crash, no silent mis-assignment)."""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import torch
+
+from so3krates.export import export_model
+from so3krates.lammps_pair import lmp_command, plugin_path
+from so3krates.lammps_pair.runtime import subprocess_env
+from so3krates.lammps_pair.system import lammps_system, write_data
+from so3krates.model import So3krates
+from so3krates.model.config import preset
+from so3krates.structures import water_box
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lammps_errors")
+    torch.manual_seed(0)
+    export_model(So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64")), path / "model.pt", "float64")
+    torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path / "not_so3krates.pt"))
+    (path / "garbage.pt").write_text("this is not a model\n")
+    write_data(str(path / "water.lmp"), lammps_system(water_box(8, seed=0)))   # types: 1 = H, 2 = O
+    return path
+
+
+def run_input(workdir, body: str, units: str = "metal", newton: str = "on") -> subprocess.CompletedProcess:
+    script = (f"units {units}\natom_style atomic\nboundary p p p\nnewton {newton}\n"
+              f"plugin load {plugin_path()}\nread_data water.lmp\n{body}\nrun 0\n")
+    (workdir / "in.lammps").write_text(script)
+    return subprocess.run(lmp_command(1) + ["-nocite", "-in", "in.lammps", "-log", "none"], cwd=workdir,
+                          env=subprocess_env(), capture_output=True, text=True, timeout=120)
+
+
+def assert_error(proc: subprocess.CompletedProcess, *phrases: str) -> None:
+    out = proc.stdout + proc.stderr
+    assert proc.returncode > 0, f"expected LAMMPS to stop with an error (exit code {proc.returncode}):\n{out[-2000:]}"
+    errors = [line for line in out.splitlines() if line.startswith("ERROR")]
+    assert errors, f"no ERROR line in the output:\n{out[-2000:]}"
+    for phrase in phrases:
+        assert phrase in errors[0], f"{phrase!r} not in {errors[0]!r}"
+
+
+def test_good_input_runs(workdir):
+    proc = run_input(workdir, "pair_style so3krates\npair_coeff * * model.pt H O")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "LAMMPS type -> element" in proc.stdout and "interaction range" in proc.stdout
+
+
+@pytest.mark.parametrize("body, units, newton, phrases", [
+    ("pair_style so3krates\npair_coeff * * model.pt H", "metal", "on",
+     ["1 element name(s)", "2 atom types", "one element name per LAMMPS atom type"]),
+    ("pair_style so3krates\npair_coeff * * model.pt H C O", "metal", "on", ["3 element name(s)"]),
+    ("pair_style so3krates\npair_coeff * * model.pt H N", "metal", "on",
+     ["element N (atom type 2) is not in model", "H C O", "NULL"]),
+    ("pair_style so3krates\npair_coeff * * model.pt H Q", "metal", "on", ["'Q'", "not a chemical symbol"]),
+    ("pair_style so3krates\npair_coeff 1 1 model.pt H O", "metal", "on", ["* *"]),  # LAMMPS checks this
+    ("pair_style so3krates\npair_coeff * * model.pt H O", "metal", "off", ["write 'newton on'"]),
+    ("pair_style so3krates\npair_coeff * * model.pt H O", "lj", "on", ["not 'units lj'", "write 'units metal'"]),
+    ("pair_style so3krates\npair_coeff * * missing.pt H O", "metal", "on", ["missing.pt", "so3krates export"]),
+    ("pair_style so3krates\npair_coeff * * not_so3krates.pt H O", "metal", "on",
+     ["not a so3krates model", "so3krates export"]),
+    ("pair_style so3krates\npair_coeff * * garbage.pt H O", "metal", "on",
+     ["not a TorchScript model file", "so3krates export"]),
+    ("pair_style so3krates model.pt", "metal", "on", ["unknown argument 'model.pt'", "pair_coeff * * model.pt"]),
+    ("pair_style so3krates\npair_coeff * * model.pt H O\ncompute s all stress/atom NULL\n"
+     "compute sum all reduce sum c_s[1]\nthermo_style custom step c_sum", "metal", "on",
+     ["per-atom virial", "thermo press"]),
+], ids=["too few elements", "too many elements", "element not in model", "not an element", "not * *",
+        "newton off", "units lj", "missing file", "other TorchScript", "not TorchScript", "pair_style args",
+        "stress/atom"])
+def test_bad_input_is_an_error(workdir, body, units, newton, phrases):
+    assert_error(run_input(workdir, body, units, newton), *phrases)
