@@ -328,12 +328,34 @@ void PairSo3krates::compute(int eflag, int vflag)
 
   // Owned atoms first: the model counts the energy of the first num_owned atoms only.
   selected.clear();
-  for (int i = 0; i < ntotal; ++i)
+  for (int i = 0; i < nlocal; ++i)
     if (type_z[type[i]] > 0) selected.push_back(i);
-  const int n = static_cast<int>(selected.size());
-  const int num_owned = static_cast<int>(
-      std::lower_bound(selected.begin(), selected.end(), nlocal) - selected.begin());
+  const int num_owned = static_cast<int>(selected.size());
   if (num_owned == 0) return;    // nothing owned: zero energy, zero forces, zero virial
+  if (ntotal > nlocal) {
+    // Ghosts farther than the interaction range from every owned atom cannot change the owned
+    // energies (the ghost shell also holds the skin, for atoms that move between re-neighbourings).
+    // The distance to the bounding box of the owned atoms is a lower bound of the distance to
+    // each of them, so this keeps every ghost that matters.
+    double lo[3] = {x[selected[0]][0], x[selected[0]][1], x[selected[0]][2]};
+    double hi[3] = {lo[0], lo[1], lo[2]};
+    for (int k = 1; k < num_owned; ++k)
+      for (int d = 0; d < 3; ++d) {
+        lo[d] = std::min(lo[d], x[selected[k]][d]);
+        hi[d] = std::max(hi[d], x[selected[k]][d]);
+      }
+    const double range_sq = interaction_range * interaction_range;
+    for (int i = nlocal; i < ntotal; ++i) {
+      if (type_z[type[i]] == 0) continue;
+      double dist_sq = 0.0;
+      for (int d = 0; d < 3; ++d) {
+        const double out = std::max({lo[d] - x[i][d], 0.0, x[i][d] - hi[d]});
+        dist_sq += out * out;
+      }
+      if (dist_sq <= range_sq) selected.push_back(i);
+    }
+  }
+  const int n = static_cast<int>(selected.size());
 
   auto positions = torch::empty({n, 3}, torch::kFloat64);
   auto numbers = torch::empty({n}, torch::kLong);
