@@ -1,0 +1,137 @@
+"""create_force: an openmm-torch TorchForce that runs an exported so3krates model."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from so3krates.export import load_exported, read_metadata
+from so3krates.model.neighbors import cell_heights
+
+from .units import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV
+
+
+class So3kratesOpenMMModule(nn.Module):
+    """What openmm-torch calls: positions (nm) [and box vectors (nm)] -> (energy kJ/mol, forces kJ/mol/nm).
+
+    The model computes in its own dtype whatever the platform's positions dtype; the forces are
+    returned in the positions' dtype. Only the atoms in `indices` (the ML region) are evaluated;
+    the other atoms get zero force from this module.
+    """
+
+    def __init__(self, model: torch.jit.ScriptModule, atomic_numbers: List[int], indices: Optional[List[int]],
+                 periodic: bool):
+        super().__init__()
+        self.model = model
+        self.register_buffer("atomic_numbers", torch.tensor(atomic_numbers, dtype=torch.long))
+        self.subset = indices is not None
+        self.register_buffer("indices", torch.tensor(indices if indices is not None else [], dtype=torch.long))
+        self.periodic = periodic
+        self.register_buffer("pbc", torch.tensor([periodic, periodic, periodic]))
+        self.angstrom_per_nm = ANGSTROM_PER_NM
+        self.kj_per_mol_per_ev = KJ_PER_MOL_PER_EV
+
+    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None):
+        pos = positions
+        if self.subset:
+            pos = positions.index_select(0, self.indices)
+        pos = pos.to(torch.float64) * self.angstrom_per_nm
+        cell: Optional[torch.Tensor] = None
+        pbc: Optional[torch.Tensor] = None
+        if self.periodic:
+            if boxvectors is None:
+                raise ValueError("the so3krates force is periodic but OpenMM passed no box vectors")
+            cell = boxvectors.to(torch.float64) * self.angstrom_per_nm
+            pbc = self.pbc
+        out = self.model.compute(pos, self.atomic_numbers, cell, pbc)
+        energy = out["energy"].sum() * self.kj_per_mol_per_ev
+        # eV/A -> kJ/mol/nm
+        forces = out["forces"].to(torch.float64) * (self.kj_per_mol_per_ev * self.angstrom_per_nm)
+        if self.subset:
+            forces = torch.zeros((positions.shape[0], 3), dtype=torch.float64,
+                                 device=positions.device).index_copy(0, self.indices, forces)
+        return energy, forces.to(positions.dtype)
+
+
+def _topology_numbers(topology) -> List[int]:
+    numbers = []
+    for atom in topology.atoms():
+        if atom.element is None:
+            raise ValueError(f"topology atom {atom.index} ({atom.name} in residue {atom.residue.name}) has no element; "
+                             "so3krates needs the element of every ML atom")
+        numbers.append(atom.element.atomic_number)
+    return numbers
+
+
+def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = None, precision: Optional[str] = None,
+                 atomic_numbers: Optional[Sequence[int]] = None, periodic: Optional[bool] = None):
+    """An openmm-torch TorchForce for the exported model at `model_path`.
+
+    topology: an openmm.app.Topology (elements, and whether the system is periodic); or
+    atomic_numbers: one per particle of the System, when there is no topology.
+    atoms: indices of the atoms modelled by so3krates (the ML region); default: all.
+    precision: None (the dtype the model was exported with) is the only supported value; the
+        model always computes in its exported dtype, whatever the platform's precision.
+    periodic: default: whether the topology has periodic box vectors.
+    """
+    import openmmtorch
+    from ase.data import chemical_symbols
+
+    from .runtime import ensure_torch_plugin
+    ensure_torch_plugin()
+
+    metadata = read_metadata(model_path)  # refuses files that are not so3krates models
+    if precision not in (None, metadata["dtype"]):
+        raise ValueError(f"precision={precision!r}: the model {model_path} computes in {metadata['dtype']}, the dtype "
+                         f"it was exported with; re-export with `so3krates export --dtype {precision}`")
+    if metadata.get("length_unit") != "A" or metadata.get("energy_unit") != "eV":
+        raise ValueError(f"{model_path} declares units {metadata.get('length_unit')}/{metadata.get('energy_unit')}; "
+                         "this adapter converts from A/eV only")
+    if topology is not None:
+        numbers = _topology_numbers(topology)
+        if periodic is None:
+            periodic = topology.getPeriodicBoxVectors() is not None
+    elif atomic_numbers is not None:
+        numbers = [int(z) for z in atomic_numbers]
+    else:
+        raise ValueError("create_force needs a topology or atomic_numbers to know the element of each atom")
+    periodic = bool(periodic)
+    indices = None if atoms is None else [int(i) for i in atoms]
+    if indices is not None:
+        if len(set(indices)) != len(indices) or min(indices) < 0 or max(indices) >= len(numbers):
+            raise ValueError(f"atoms must be distinct indices in 0..{len(numbers) - 1}")
+    ml_numbers = [numbers[i] for i in indices] if indices is not None else numbers
+    known = set(metadata["elements"])
+    missing = sorted({z for z in ml_numbers if z not in known})
+    if missing:
+        first = next(i for i, z in enumerate(ml_numbers) if z in missing)
+        atom_index = indices[first] if indices is not None else first
+        raise ValueError(
+            f"element(s) {', '.join(chemical_symbols[z] for z in missing)} (atom {atom_index} and possibly others) "
+            f"are not in the model {model_path}, which knows {', '.join(chemical_symbols[z] for z in metadata['elements'])}; "
+            f"model those atoms with a classical force field (pass atoms=[...] or use createMixedSystem) or retrain")
+    if periodic and topology is not None and topology.getPeriodicBoxVectors() is not None:
+        check_box(topology.getPeriodicBoxVectors(), metadata)
+
+    model, _ = load_exported(model_path)
+    module = torch.jit.script(So3kratesOpenMMModule(model, ml_numbers, indices, periodic))
+    force = openmmtorch.TorchForce(module)
+    force.setOutputsForces(True)
+    force.setUsesPeriodicBoundaryConditions(periodic)
+    force.setName("so3krates")
+    return force
+
+
+def check_box(box_vectors, metadata) -> None:
+    """The built-in neighbour search needs every periodic cell height >= the cutoff."""
+    from openmm import unit
+    cell = np.array([[v.value_in_unit(unit.nanometer) for v in vec] for vec in box_vectors]) * ANGSTROM_PER_NM
+    heights = cell_heights(torch.tensor(cell)).numpy()
+    if heights.min() < metadata["cutoff_A"]:
+        raise ValueError(
+            f"periodic box too small for the model: its smallest height is {heights.min() / ANGSTROM_PER_NM:.4f} nm "
+            f"({heights.min():.3f} A) but the model cutoff is {metadata['cutoff_A']} A (interaction range "
+            f"{metadata['interaction_range_A']} A over {metadata['num_layers']} layers); use a box at least "
+            f"{metadata['cutoff_A'] / ANGSTROM_PER_NM:.3f} nm across in every direction")

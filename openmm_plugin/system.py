@@ -1,0 +1,76 @@
+"""An OpenMM System for an ASE structure modelled entirely by so3krates (MD, single points)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+from ase import Atoms, units
+
+from .units import ANGSTROM_PER_NM
+
+# ASE velocity unit (A / ASE time unit) -> nm/ps
+NM_PER_PS_PER_ASE_VELOCITY = 1000.0 * units.fs / ANGSTROM_PER_NM
+
+
+@dataclass
+class OpenMMFrame:
+    """The structure in OpenMM's frame: a periodic cell in OpenMM's reduced triclinic form
+    (a along x, b in the xy plane) needs a rotation of the whole system."""
+    positions_nm: np.ndarray
+    box_nm: Optional[np.ndarray]
+    rotation: np.ndarray  # ASE frame -> OpenMM frame: x_openmm = x_ase @ rotation.T
+
+    def to_ase(self, vectors: np.ndarray) -> np.ndarray:
+        return vectors @ self.rotation
+
+
+def openmm_frame(atoms: Atoms) -> OpenMMFrame:
+    if atoms.pbc.any() and not atoms.pbc.all():
+        raise ValueError("OpenMM supports fully periodic or non-periodic systems only; got pbc="
+                         f"{atoms.pbc.tolist()}")
+    if not atoms.pbc.all():
+        return OpenMMFrame(atoms.positions / ANGSTROM_PER_NM, None, np.eye(3))
+    cell = atoms.cell.array
+    # Lower-triangular cell with the same lattice: QR of the transposed cell.
+    q, r = np.linalg.qr(cell.T)
+    signs = np.sign(np.diag(r))
+    signs[signs == 0] = 1.0
+    q, r = q * signs, (r.T * signs).T
+    rotation = q.T
+    box = r.T.copy()  # rows a, b, c with a = (ax, 0, 0), b = (bx, by, 0)
+    # OpenMM's reduced form: |b_x| <= a_x/2, |c_x| <= a_x/2, |c_y| <= b_y/2 (same lattice).
+    box[2] -= box[1] * np.round(box[2, 1] / box[1, 1])
+    box[2] -= box[0] * np.round(box[2, 0] / box[0, 0])
+    box[1] -= box[0] * np.round(box[1, 0] / box[0, 0])
+    return OpenMMFrame(atoms.positions @ rotation.T / ANGSTROM_PER_NM, box / ANGSTROM_PER_NM, rotation)
+
+
+def build_system(model_path: str, atoms: Atoms):
+    """(System, OpenMMFrame) with ASE's masses and the so3krates force on every atom."""
+    import openmm
+    from openmm import Vec3
+
+    from .force import create_force
+
+    frame = openmm_frame(atoms)
+    system = openmm.System()
+    for mass in atoms.get_masses():
+        system.addParticle(float(mass))
+    periodic = frame.box_nm is not None
+    if periodic:
+        system.setDefaultPeriodicBoxVectors(*(Vec3(*row) for row in frame.box_nm))
+    force = create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic)
+    if periodic:
+        from openmm import unit
+        from .force import check_box
+        from so3krates.export import read_metadata
+        check_box([Vec3(*row) * unit.nanometer for row in frame.box_nm], read_metadata(model_path))
+    system.addForce(force)
+    return system, frame
+
+
+def default_platform(model_path: str) -> str:
+    """Reference (double precision everywhere) for float64 models, CPU otherwise."""
+    from so3krates.export import read_metadata
+    return "Reference" if read_metadata(model_path)["dtype"] == "float64" else "CPU"
