@@ -22,18 +22,23 @@ class So3kratesOpenMMModule(nn.Module):
     """
 
     def __init__(self, model: torch.jit.ScriptModule, atomic_numbers: List[int], indices: Optional[List[int]],
-                 periodic: bool):
+                 periodic: bool, scaled: bool = False):
         super().__init__()
         self.model = model
         self.register_buffer("atomic_numbers", torch.tensor(atomic_numbers, dtype=torch.long))
         self.subset = indices is not None
         self.register_buffer("indices", torch.tensor(indices if indices is not None else [], dtype=torch.long))
         self.periodic = periodic
+        self.scaled = scaled  # energy and forces times a global parameter (lambda_interpolate)
         self.register_buffer("pbc", torch.tensor([periodic, periodic, periodic]))
         self.angstrom_per_nm = ANGSTROM_PER_NM
         self.kj_per_mol_per_ev = KJ_PER_MOL_PER_EV
 
-    def forward(self, positions: torch.Tensor, boxvectors: Optional[torch.Tensor] = None):
+    def forward(self, positions: torch.Tensor, extra1: Optional[torch.Tensor] = None,
+                extra2: Optional[torch.Tensor] = None):
+        # openmm-torch passes the box vectors only for periodic forces, then the global parameters.
+        boxvectors = extra1 if self.periodic else None
+        scale = extra2 if self.periodic else extra1
         pos = positions
         if self.subset:
             pos = positions.index_select(0, self.indices)
@@ -49,6 +54,9 @@ class So3kratesOpenMMModule(nn.Module):
         energy = out["energy"].sum() * self.kj_per_mol_per_ev
         # eV/A -> kJ/mol/nm
         forces = out["forces"].to(torch.float64) * (self.kj_per_mol_per_ev * self.angstrom_per_nm)
+        if self.scaled and scale is not None:
+            energy = energy * scale.to(torch.float64)
+            forces = forces * scale.to(torch.float64)
         if self.subset:
             forces = torch.zeros((positions.shape[0], 3), dtype=torch.float64,
                                  device=positions.device).index_copy(0, self.indices, forces)
@@ -66,7 +74,8 @@ def _topology_numbers(topology) -> List[int]:
 
 
 def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = None, precision: Optional[str] = None,
-                 atomic_numbers: Optional[Sequence[int]] = None, periodic: Optional[bool] = None):
+                 atomic_numbers: Optional[Sequence[int]] = None, periodic: Optional[bool] = None,
+                 scale_parameter: Optional[str] = None):
     """An openmm-torch TorchForce for the exported model at `model_path`.
 
     topology: an openmm.app.Topology (elements, and whether the system is periodic); or
@@ -75,12 +84,10 @@ def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = Non
     precision: None (the dtype the model was exported with) is the only supported value; the
         model always computes in its exported dtype, whatever the platform's precision.
     periodic: default: whether the topology has periodic box vectors.
+    scale_parameter: name of a global parameter (default value 1) that multiplies the energy, as
+        openmm-ml's "lambda_interpolate".
     """
-    import openmmtorch
     from ase.data import chemical_symbols
-
-    from .runtime import ensure_torch_plugin
-    ensure_torch_plugin()
 
     metadata = read_metadata(model_path)  # refuses files that are not so3krates models
     if precision not in (None, metadata["dtype"]):
@@ -116,7 +123,15 @@ def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = Non
         check_box(topology.getPeriodicBoxVectors(), metadata)
 
     model, _ = load_exported(model_path)
-    module = torch.jit.script(So3kratesOpenMMModule(model, ml_numbers, indices, periodic))
+    module = torch.jit.script(So3kratesOpenMMModule(model, ml_numbers, indices, periodic, scale_parameter is not None))
+    force = _new_force(module, periodic)
+    if scale_parameter is not None:
+        force.addGlobalParameter(scale_parameter, 1.0)
+    return force
+
+
+def _new_force(module, periodic: bool):
+    import openmmtorch
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)
     force.setUsesPeriodicBoundaryConditions(periodic)

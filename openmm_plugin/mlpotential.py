@@ -28,3 +28,40 @@ class So3kratesPotentialImpl(MLPotentialImpl):
 
     def getMLLongRange(self) -> bool:
         return False  # interactions reach num_layers * cutoff, no long-range terms
+
+    def getSupportedEmbeddings(self):
+        return ["mechanical"]
+
+    def createMixedSystem(self, topology, system, atoms, forceGroup, interpolate, embedding, returnInfo=False, **args):
+        """openmm-ml's mechanical embedding, with one change for interpolate=True: the ML term is a
+        TorchForce scaled by the global parameter lambda_interpolate itself, instead of a
+        collective variable of a CustomCVForce. A CustomCVForce copies its forces through XML, and
+        deserialising a TorchForce crashes with the openmm-torch 1.5 wheel."""
+        from openmmml.embeddings.mechanicalembedding import MechanicalEmbedding
+        if not interpolate:
+            return MechanicalEmbedding().createMixedSystem(self, topology, system, atoms, forceGroup, False,
+                                                           returnInfo=returnInfo, **args)
+        recorder = _RecordMLAtoms(self)
+        info = MechanicalEmbedding().createMixedSystem(recorder, topology, system, atoms, forceGroup, True,
+                                                       returnInfo=True, **args)
+        from .force import create_force
+        force = create_force(self.model_path, info["topology"], atoms=recorder.atoms,
+                             precision=args.get("precision"), scale_parameter="lambda_interpolate")
+        force.setForceGroup(forceGroup)
+        info["system"].addForce(force)
+        return info if returnInfo else info["system"]
+
+
+class _RecordMLAtoms(MLPotentialImpl):
+    """Stands in for the potential while openmm-ml sets up the MM side of the interpolation:
+    adds no force, remembers the ML atoms (link-atom caps included)."""
+
+    def __init__(self, potential: So3kratesPotentialImpl):
+        self.potential = potential
+        self.atoms = None
+
+    def addForces(self, topology, system, atoms, forceGroup, **args) -> None:
+        self.atoms = None if atoms is None else list(atoms)
+
+    def getMLLongRange(self) -> bool:
+        return self.potential.getMLLongRange()

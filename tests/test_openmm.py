@@ -1,0 +1,240 @@
+"""OpenMM integration through real Contexts: TorchForce, openmm-ml, ML/MM, MD, bad input."""
+import numpy as np
+import openmm
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+from openmm import app, unit
+
+from so3krates.ase import So3kratesCalculator
+from so3krates.export import export_model
+from so3krates.model import So3krates
+from so3krates.model.config import preset
+from so3krates.openmm import KJ_PER_MOL_PER_EV, create_force
+from so3krates.openmm_plugin.system import openmm_frame
+from so3krates.structures import water_box
+
+EV_PER_A_IN_KJ_PER_MOL_PER_NM = KJ_PER_MOL_PER_EV * 10.0
+
+
+def make_model(path, dtype="float64", elements=(1, 6, 8), scale=3.0):
+    torch.manual_seed(1)
+    net = So3krates(preset("tiny", elements=list(elements), dtype=dtype))
+    with torch.no_grad():
+        net.energy_scale.fill_(scale)
+        net.energy_shift.copy_(torch.tensor([-13.6, -1029.0, -2041.0][: len(elements)]))
+    export_model(net, path, dtype=dtype)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model(tmp_path_factory.mktemp("openmm") / "tiny64.pt")
+
+
+def context_for(model_path, atoms, platform="Reference", positions=None):
+    system = openmm.System()
+    for m in atoms.get_masses():
+        system.addParticle(m)
+    frame = openmm_frame(atoms)
+    periodic = frame.box_nm is not None
+    if periodic:
+        system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in frame.box_nm))
+    system.addForce(create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(frame.positions_nm if positions is None else positions)
+    return ctx, frame
+
+
+def energy_forces(ctx, frame):
+    state = ctx.getState(getEnergy=True, getForces=True)
+    e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV
+    f = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    return e, frame.to_ase(np.asarray(f) / EV_PER_A_IN_KJ_PER_MOL_PER_NM)
+
+
+def reference(model_path, atoms):
+    atoms = atoms.copy()
+    atoms.calc = So3kratesCalculator(model_path)
+    return atoms.get_potential_energy(), atoms.get_forces()
+
+
+def triclinic_water():
+    atoms = water_box(20, seed=3)
+    cell = atoms.cell.array.copy()
+    cell[1, 0] = 0.3 * cell[0, 0]
+    cell[2, 0], cell[2, 1] = -0.2 * cell[0, 0], 0.25 * cell[1, 1]
+    atoms.set_cell(cell, scale_atoms=True)
+    return atoms
+
+
+STRUCTURES = {
+    "ethanol": lambda: molecule("CH3CH2OH"),
+    "water_orthorhombic": lambda: water_box(20, seed=2),
+    "water_triclinic": triclinic_water,
+}
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURES))
+def test_reference_platform_matches_ase_to_1e10(model, name):
+    atoms = STRUCTURES[name]()
+    e_ref, f_ref = reference(model, atoms)
+    e, f = energy_forces(*context_for(model, atoms, "Reference"))
+    assert abs(e - e_ref) <= 1e-10 * abs(e_ref)
+    assert np.abs(f - f_ref).max() <= 1e-10 * np.abs(f_ref).max()
+    assert np.abs(f_ref).max() > 1e-3
+
+
+def test_cpu_platform_matches_to_the_precision_of_its_positions(model):
+    # The CPU platform stores positions in single precision (~1e-7 relative, ~2e-7 A here); the
+    # float64 model then sees positions rounded by that much: energy error ~ |F| * 1e-7 A per atom.
+    atoms = water_box(20, seed=2)
+    e_ref, f_ref = reference(model, atoms)
+    e, f = energy_forces(*context_for(model, atoms, "CPU"))
+    assert abs(e - e_ref) <= 1e-5 * len(atoms) * max(np.abs(f_ref).max(), 1.0)
+    assert np.abs(f - f_ref).max() <= 1e-4 * max(np.abs(f_ref).max(), 1.0)
+
+
+@pytest.mark.parametrize("name", ["water_orthorhombic", "water_triclinic"])
+def test_unwrapped_positions_give_the_wrapped_result(model, name):
+    atoms = STRUCTURES[name]()
+    ctx, frame = context_for(model, atoms)
+    e_wrapped, f_wrapped = energy_forces(ctx, frame)
+    shifts = np.random.default_rng(0).integers(-2, 3, (len(atoms), 3)) @ frame.box_nm
+    ctx.setPositions(frame.positions_nm + shifts)
+    e, f = energy_forces(ctx, frame)
+    assert e == pytest.approx(e_wrapped, rel=1e-12)
+    np.testing.assert_allclose(f, f_wrapped, atol=1e-10)
+
+
+def topology_from_atoms(atoms, box_nm=None):
+    top = app.Topology()
+    chain = top.addChain()
+    residue = top.addResidue("MOL", chain)
+    for i, z in enumerate(atoms.numbers):
+        top.addAtom(f"{atoms[i].symbol}{i}", app.Element.getByAtomicNumber(int(z)), residue)
+    if box_nm is not None:
+        top.setPeriodicBoxVectors([openmm.Vec3(*row) for row in box_nm] * unit.nanometer)
+    return top
+
+
+def test_openmm_ml_create_system_from_topology(model):
+    from openmmml import MLPotential
+    atoms = molecule("CH3CH2OH")
+    system = MLPotential("so3krates", modelPath=model).createSystem(topology_from_atoms(atoms))
+    assert any(isinstance(f, openmm.Force) and f.getName() == "so3krates" for f in system.getForces())
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(atoms.positions / 10.0)
+    e, f = energy_forces(ctx, openmm_frame(atoms))
+    e_ref, f_ref = reference(model, atoms)
+    assert e == pytest.approx(e_ref, rel=1e-10)
+    np.testing.assert_allclose(f, f_ref, atol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def solvated():
+    """TIP3P water modelled by OpenMM; the first water molecule becomes the ML region."""
+    ff = app.ForceField("amber14/tip3p.xml")
+    modeller = app.Modeller(app.Topology(), [])
+    modeller.addSolvent(ff, boxSize=openmm.Vec3(2.0, 2.0, 2.0) * unit.nanometer)
+    mm_system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.8 * unit.nanometer,
+                                constraints=app.HBonds, rigidWater=True)
+    ml_atoms = [a.index for a in next(modeller.topology.residues()).atoms()]
+    return modeller, mm_system, ml_atoms
+
+
+def test_mixed_system_ml_atoms_feel_so3krates_and_mm_atoms_keep_their_force_field(model, solvated):
+    from openmmml import MLPotential
+    modeller, mm_system, ml_atoms = solvated
+    mixed = MLPotential("so3krates", modelPath=model).createMixedSystem(modeller.topology, mm_system, ml_atoms,
+                                                                      forceGroup=31)
+    ml = set(ml_atoms)
+
+    def constrained_pairs(system):
+        return {tuple(sorted(system.getConstraintParameters(i)[:2])) for i in range(system.getNumConstraints())}
+    assert not [p for p in constrained_pairs(mixed) if set(p) <= ml], "constraints inside the ML region remain"
+    assert constrained_pairs(mixed) == {p for p in constrained_pairs(mm_system) if not set(p) <= ml}
+
+    assert {f.getForceGroup() for f in mixed.getForces() if f.getName() == "so3krates"} == {31}
+    assert all(f.getForceGroup() != 31 for f in mixed.getForces() if f.getName() != "so3krates")
+    group = 31
+    positions = modeller.positions
+    ctx = openmm.Context(mixed, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(positions)
+    state = ctx.getState(getEnergy=True, getForces=True, groups={group})
+    f_ml = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    others = [i for i in range(mixed.getNumParticles()) if i not in ml]
+    assert np.abs(f_ml[others]).max() == 0.0
+    pos_nm = np.array(positions.value_in_unit(unit.nanometer))
+    box = np.array([[v.value_in_unit(unit.nanometer) for v in vec] for vec in modeller.topology.getPeriodicBoxVectors()])
+    water = Atoms("OHH", positions=pos_nm[ml_atoms] * 10.0, cell=box * 10.0, pbc=True)
+    e_ref, f_ref = reference(model, water)
+    e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV
+    assert e == pytest.approx(e_ref, rel=1e-10)
+    np.testing.assert_allclose(f_ml[ml_atoms] / EV_PER_A_IN_KJ_PER_MOL_PER_NM, f_ref, atol=1e-9)
+
+    # MM atoms: every force but so3krates acts on them exactly as in the pure MM system.
+    mm_groups = {f.getForceGroup() for f in mixed.getForces()} - {group}
+    f_mixed = ctx.getState(getForces=True, groups=mm_groups).getForces(asNumpy=True).value_in_unit(
+        unit.kilojoule_per_mole / unit.nanometer)
+    mm_ctx = openmm.Context(mm_system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    mm_ctx.setPositions(positions)
+    f_mm = mm_ctx.getState(getForces=True).getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    np.testing.assert_allclose(f_mixed[others], f_mm[others], atol=1e-6 * np.abs(f_mm).max())
+
+
+def test_mixed_system_with_interpolation_runs(model, solvated):
+    from openmmml import MLPotential
+    modeller, mm_system, ml_atoms = solvated
+    mixed = MLPotential("so3krates", modelPath=model).createMixedSystem(modeller.topology, mm_system, ml_atoms,
+                                                                      interpolate=True)
+    integrator = openmm.LangevinMiddleIntegrator(300 * unit.kelvin, 1 / unit.picosecond, 0.0005 * unit.picosecond)
+    ctx = openmm.Context(mixed, integrator, openmm.Platform.getPlatformByName("CPU"))
+    ctx.setPositions(modeller.positions)
+    energies = []
+    for lam in (0.0, 1.0):
+        ctx.setParameter("lambda_interpolate", lam)
+        energies.append(ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+    assert energies[0] != pytest.approx(energies[1])
+    integrator.step(5)
+    assert np.isfinite(ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+
+
+def test_nve_energy_drift_is_small(model):
+    """VerletIntegrator, 0.5 fs, 2 ps on ethanol (float64 model, Reference platform)."""
+    from so3krates.md import MDSettings, initial_state
+    from so3krates.openmm_plugin.md import run_md
+    from so3krates.validation.metrics import energy_conservation
+    atoms = initial_state(molecule("CH3CH2OH"), 300.0, seed=0)
+    result = run_md(model, atoms, MDSettings(steps=4000, timestep_fs=0.5, log_every=20, traj_every=0), progress=False)
+    c = energy_conservation(result)
+    print(f"OpenMM NVE drift {c['drift_meV_per_atom_per_ps']:.2e} meV/atom/ps over {c['duration_ps']} ps, "
+          f"fluctuation {c['fluctuation_meV_per_atom']:.2e} meV/atom")
+    assert c["duration_ps"] == pytest.approx(2.0)
+    assert abs(c["drift_meV_per_atom_per_ps"]) < 0.05      # bound stated in docs/openmm.md
+    assert c["fluctuation_to_kinetic_ratio"] < 0.05
+    assert np.std(result.kinetic_eV) > 0
+
+
+def test_element_missing_from_the_model_is_a_clear_error(tmp_path, model):
+    atoms = molecule("CH3CONH2")  # has N; the model knows H, C, O
+    with pytest.raises(ValueError, match=r"element\(s\) N \(atom \d+.*not in the model.*knows H, C, O"):
+        create_force(model, topology_from_atoms(atoms))
+
+
+def test_box_too_small_is_a_clear_error(model):
+    atoms = water_box(4, seed=0)  # ~5 A box; tiny model cutoff 4 A needs >= 4 A heights: shrink it
+    box = np.diag([0.35, 2.0, 2.0])
+    with pytest.raises(ValueError, match=r"periodic box too small.*0\.35.*cutoff is 4\.0 A"):
+        create_force(model, topology_from_atoms(atoms, box_nm=box))
+
+
+def test_foreign_torchscript_file_is_refused(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.jit.save(torch.jit.script(torch.nn.Linear(3, 1)), str(path))
+    with pytest.raises(ValueError, match="no so3krates metadata"):
+        create_force(str(path), atomic_numbers=[1, 1])
+    from openmmml import MLPotential
+    with pytest.raises(ValueError, match="no so3krates metadata"):
+        MLPotential("so3krates", modelPath=str(path))
