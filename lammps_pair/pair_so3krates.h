@@ -3,8 +3,9 @@
    SO3krates is message passing: an atom's energy depends on atoms up to
    num_layers * cutoff (the interaction range) away. Two evaluation modes, both exact:
    - GHOSTS (general, any number of ranks): owned + ghost atoms form one non-periodic point set;
-     ghosts reach out to interaction range + skin; the energy is summed over owned atoms only and
-     forces on ghosts go back to their owners through LAMMPS' reverse communication (newton on).
+     ghosts reach out to interaction range + skin (those beyond the interaction range of the owned
+     atoms are dropped each step); the energy is summed over owned atoms only and forces on ghosts
+     go back to their owners through LAMMPS' reverse communication (newton on).
    - PERIODIC_OWNERS (one rank, fully periodic box): only the owned atoms and the box go to the
      model, whose own periodic neighbour search replaces the ghost shell (no redundant work).
 */
