@@ -1,0 +1,247 @@
+"""Reference data readers: extended XYZ, sGDML npz and DeePMD raw folders -> one list of Structures.
+
+Every reader converts units once, here, to eV and Angstrom. A bad file fails with the file name,
+the frame index and what is missing.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from .units import energy_factor, length_factor
+
+DEFAULT_ENERGY_KEYS = ("energy", "REF_energy", "Energy", "total_energy", "dft_energy")
+DEFAULT_FORCES_KEYS = ("forces", "REF_forces", "force", "Forces", "dft_forces")
+
+
+@dataclass
+class Structure:
+    """One labelled configuration, in eV and Angstrom."""
+    positions: np.ndarray           # (N, 3) A
+    numbers: np.ndarray             # (N,) atomic numbers
+    cell: np.ndarray                # (3, 3) A, rows are lattice vectors (zeros for molecules)
+    pbc: np.ndarray                 # (3,) bool
+    energy: Optional[float]         # eV
+    forces: Optional[np.ndarray]    # (N, 3) eV/A, or None for energy-only frames
+    source: str = ""                # "file:frame" for error messages
+
+    def __len__(self) -> int:
+        return len(self.numbers)
+
+
+class DataError(ValueError):
+    pass
+
+
+def read_dataset(path: str | os.PathLike, energy_key: Optional[str] = None, forces_key: Optional[str] = None,
+                 energy_unit: str = "eV", length_unit: str = "A", require_energy: bool = True) -> List[Structure]:
+    """Read extended XYZ (any ASE format), sGDML .npz or a DeePMD raw folder (or a folder of them)."""
+    path = Path(path)
+    e_factor, l_factor = energy_factor(energy_unit), length_factor(length_unit)
+    if not path.exists():
+        raise FileNotFoundError(f"data file {path} does not exist")
+    if path.is_dir():
+        structures = _read_deepmd_tree(path)
+    elif path.suffix == ".npz":
+        structures = _read_npz(path)
+    else:
+        structures = _read_ase(path, energy_key, forces_key)
+    if not structures:
+        raise DataError(f"{path}: contains no structures")
+    for s in structures:
+        _convert_and_check(s, e_factor, l_factor, require_energy)
+    return structures
+
+
+def dataset_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a data file, or of all files of a folder (sorted by relative path)."""
+    path = Path(path)
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for f in files:
+        if path.is_dir():
+            h.update(str(f.relative_to(path)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _convert_and_check(s: Structure, e_factor: float, l_factor: float, require_energy: bool) -> None:
+    n = len(s.numbers)
+    if s.positions.shape != (n, 3):
+        raise DataError(f"{s.source}: positions have shape {s.positions.shape}, expected ({n}, 3)")
+    if n == 0:
+        raise DataError(f"{s.source}: has no atoms")
+    if s.energy is None and require_energy:
+        raise DataError(f"{s.source}: has no energy")
+    if s.forces is not None and s.forces.shape != (n, 3):
+        raise DataError(f"{s.source}: forces have shape {s.forces.shape}, expected ({n}, 3)")
+    if np.any(s.numbers < 1) or np.any(s.numbers > 118):
+        raise DataError(f"{s.source}: atomic numbers must lie in 1..118, got {sorted(set(s.numbers.tolist()))}")
+    s.positions = np.asarray(s.positions, dtype=np.float64) * l_factor
+    s.cell = np.asarray(s.cell, dtype=np.float64).reshape(3, 3) * l_factor
+    if s.energy is not None:
+        s.energy = float(s.energy) * e_factor
+    if s.forces is not None:
+        s.forces = np.asarray(s.forces, dtype=np.float64) * (e_factor / l_factor)
+    for name, value in (("positions", s.positions), ("energy", s.energy), ("forces", s.forces)):
+        if value is not None and not np.all(np.isfinite(value)):
+            raise DataError(f"{s.source}: {name} contain NaN or infinite values")
+    if s.pbc.any() and abs(np.linalg.det(s.cell)) < 1e-6:
+        raise DataError(f"{s.source}: periodic (pbc={s.pbc.tolist()}) but the cell has zero volume; "
+                        f"give a Lattice or set pbc=\"F F F\"")
+
+
+# --- extended XYZ and other ASE formats ------------------------------------------------------------
+
+def _read_ase(path: Path, energy_key: Optional[str], forces_key: Optional[str]) -> List[Structure]:
+    from ase.io import read
+    try:
+        frames = read(str(path), index=":")
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as extended XYZ or another ASE format "
+                        f"({exc.__class__.__name__}: {exc})") from None
+    structures = []
+    any_forces = False
+    for index, atoms in enumerate(frames):
+        where = f"{path}: frame {index}"
+        energy = _find(atoms, [energy_key] if energy_key else DEFAULT_ENERGY_KEYS, "energy")
+        if energy is None:
+            raise DataError(f"{where}: has no energy under key "
+                            f"{energy_key if energy_key else ' / '.join(DEFAULT_ENERGY_KEYS)}; header keys found: "
+                            f"{sorted(atoms.info)}; choose the key with --energy-key")
+        forces = _find(atoms, [forces_key] if forces_key else DEFAULT_FORCES_KEYS, "forces")
+        any_forces |= forces is not None
+        try:
+            energy = float(np.asarray(energy).reshape(()))
+        except (TypeError, ValueError):
+            raise DataError(f"{where}: energy {energy!r} is not one number") from None
+        structures.append(Structure(
+            positions=np.array(atoms.positions), numbers=np.array(atoms.numbers, dtype=np.int64),
+            cell=np.array(atoms.cell.array), pbc=np.array(atoms.pbc, dtype=bool), energy=energy,
+            forces=None if forces is None else np.array(forces, dtype=np.float64), source=where))
+    if forces_key and not any_forces:
+        arrays = sorted(k for k in frames[0].arrays if k not in ("numbers", "positions"))
+        raise DataError(f"{path}: no frame has forces under key {forces_key!r}; per-atom arrays found: {arrays}")
+    return structures
+
+
+def _find(atoms, keys: Sequence[str], kind: str):
+    """A value from the header (info), the per-atom arrays, or the calculator ASE attached."""
+    results = atoms.calc.results if atoms.calc is not None else {}
+    for key in keys:
+        if kind == "energy" and key in atoms.info:
+            return atoms.info[key]
+        if kind == "forces" and key in atoms.arrays:
+            return atoms.arrays[key]
+        if key in results:
+            return results[key]
+    return None
+
+
+# --- sGDML npz -------------------------------------------------------------------------------------
+
+def _read_npz(path: Path) -> List[Structure]:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{path}: cannot be read as a numpy .npz file ({exc.__class__.__name__}: {exc})") from None
+    for key, what in (("R", "positions (frames, atoms, 3)"), ("z", "atomic numbers"), ("E", "energies")):
+        if key not in data.files:
+            raise DataError(f"{path}: missing key {key!r} ({what}); an sGDML npz has keys E, F, R, z; "
+                            f"this file has {sorted(data.files)}")
+    R = np.asarray(data["R"], dtype=np.float64)
+    z = np.asarray(data["z"]).astype(np.int64)
+    E = np.asarray(data["E"], dtype=np.float64).reshape(len(R), -1)
+    F = np.asarray(data["F"], dtype=np.float64) if "F" in data.files else None
+    if R.ndim != 3 or R.shape[2] != 3:
+        raise DataError(f"{path}: R has shape {R.shape}, expected (frames, atoms, 3)")
+    if E.shape[1] != 1:
+        raise DataError(f"{path}: E has shape {data['E'].shape}, expected ({len(R)},) or ({len(R)}, 1)")
+    if z.ndim == 1:
+        z = np.broadcast_to(z, R.shape[:2])
+    if z.shape != R.shape[:2]:
+        raise DataError(f"{path}: z has shape {data['z'].shape}, R has {R.shape}: they must describe the same atoms")
+    if F is not None and F.shape != R.shape:
+        raise DataError(f"{path}: F has shape {F.shape}, expected the shape of R {R.shape}")
+    lattice = np.asarray(data["lattice"], dtype=np.float64) if "lattice" in data.files else None
+    structures = []
+    for k in range(len(R)):
+        real = z[k] != 0  # zero-padded atoms of smaller molecules
+        cell = np.zeros((3, 3)) if lattice is None else lattice.reshape(-1, 3, 3)[min(k, lattice.size // 9 - 1)]
+        structures.append(Structure(positions=R[k][real], numbers=z[k][real].copy(), cell=cell,
+                                    pbc=np.full(3, lattice is not None), energy=E[k, 0],
+                                    forces=None if F is None else F[k][real], source=f"{path}: frame {k}"))
+    return structures
+
+
+# --- DeePMD raw folders ----------------------------------------------------------------------------
+
+def _read_deepmd_tree(path: Path) -> List[Structure]:
+    if (path / "type.raw").is_file():
+        return _read_deepmd(path)
+    systems = sorted(p.parent for p in path.rglob("type.raw"))
+    if not systems:
+        raise DataError(f"{path}: is a folder but not a DeePMD system (no type.raw in it or below it)")
+    return [s for system in systems for s in _read_deepmd(system)]
+
+
+def _read_deepmd(path: Path) -> List[Structure]:
+    from ase.data import atomic_numbers
+    types = np.loadtxt(path / "type.raw", dtype=np.int64, ndmin=1)
+    if not (path / "type_map.raw").is_file():
+        raise DataError(f"{path}: missing type_map.raw (element symbols, one per type)")
+    type_map = (path / "type_map.raw").read_text().split()
+    unknown = [s for s in type_map if s not in atomic_numbers]
+    if unknown:
+        raise DataError(f"{path}/type_map.raw: unknown element symbol(s) {unknown}")
+    if types.max(initial=0) >= len(type_map):
+        raise DataError(f"{path}/type.raw: type {types.max()} but type_map.raw lists only {len(type_map)} elements")
+    numbers = np.array([atomic_numbers[type_map[t]] for t in types], dtype=np.int64)
+    n = len(numbers)
+    sets = sorted(p for p in path.glob("set.*") if p.is_dir())
+    if not sets:
+        raise DataError(f"{path}: no set.* folders")
+    periodic = not (path / "nopbc").exists()
+    structures, frame = [], 0
+    for s in sets:
+        def load(name: str, width: int, required: bool):
+            f = s / f"{name}.npy"
+            if not f.is_file():
+                if required:
+                    raise DataError(f"{s}: missing {name}.npy (frame {frame} onwards)")
+                return None
+            a = np.load(f)
+            return a.reshape(len(a), width) if a.size else a.reshape(0, width)
+        coord = load("coord", 3 * n, True)
+        energy = load("energy", 1, True)
+        force = load("force", 3 * n, False)
+        box = load("box", 9, periodic)
+        for name, a in (("energy", energy), ("force", force), ("box", box)):
+            if a is not None and len(a) != len(coord):
+                raise DataError(f"{s}: {name}.npy has {len(a)} frames, coord.npy has {len(coord)}")
+        for k in range(len(coord)):
+            structures.append(Structure(
+                positions=coord[k].reshape(n, 3), numbers=numbers, cell=box[k].reshape(3, 3) if box is not None
+                else np.zeros((3, 3)), pbc=np.full(3, box is not None), energy=energy[k, 0],
+                forces=None if force is None else force[k].reshape(n, 3), source=f"{path}: frame {frame}"))
+            frame += 1
+    return structures
+
+
+def to_atoms(s: Structure):
+    """A Structure as ase.Atoms with a SinglePointCalculator holding its labels."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+    atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+    results = {"energy": s.energy} if s.energy is not None else {}
+    if s.forces is not None:
+        results["forces"] = s.forces
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
