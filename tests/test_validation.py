@@ -74,3 +74,28 @@ def test_validate_fails_when_an_engine_runs_a_wrongly_converted_model(models, tm
     assert report["passed"] is False
     assert any("step-0 energy differs" in f for f in report["failures"])
     assert "FAILED" in proc.stdout and "step-0 energy differs" in proc.stdout
+
+
+def test_validate_passes_across_all_engines_and_ranks(models, tmp_path):
+    proc, report = run_validate(models["good"], "ase,openmm,lammps,lammps:2", tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert report["engines"] == ["ase", "openmm", "lammps", "lammps:2"]
+    for engine in report["engines"]:
+        assert report["step0"][engine]["max_abs_dF_meV_per_A"] < 1e-5
+        # float64 engines integrate identically: no divergence within the 100 fs run
+        assert report["trajectory"][engine]["rmsd_max_A"] < 1e-6
+
+
+def test_validate_periodic_water_reports_the_virial(tmp_path):
+    from ase.io import write
+    from so3krates.structures import water_box
+    model = make_model(tmp_path / "water.pt")
+    structure = tmp_path / "water.xyz"
+    write(structure, water_box(16, seed=1))
+    report_path = tmp_path / "report.json"
+    proc = subprocess.run(CLI + ["validate", str(model), str(structure), "--engines", "ase,openmm,lammps",
+                                 "--steps", "40", "--json", str(report_path), "--quiet"], capture_output=True, text=True)
+    report = json.loads(report_path.read_text())
+    assert report["periodic"] is True
+    assert report["step0"]["lammps"]["max_abs_dvirial_meV"] < 1e-5
+    assert proc.returncode == 0, proc.stdout + proc.stderr
