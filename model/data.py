@@ -245,3 +245,75 @@ def to_atoms(s: Structure):
         results["forces"] = s.forces
     atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms
+
+
+# --- graphs: neighbour pairs once per structure, batches by concatenation -----------------------------
+
+@dataclass
+class Graph:
+    """A structure ready for the network: tensors, with its full (both directions) neighbour list."""
+    positions: "torch.Tensor"   # (N, 3)
+    species: "torch.Tensor"     # (N,) model element indices
+    idx_i: "torch.Tensor"       # (E,) receivers
+    idx_j: "torch.Tensor"       # (E,) senders
+    shifts: "torch.Tensor"      # (E, 3) Cartesian
+    energy: float
+    forces: Optional["torch.Tensor"]
+
+
+def neighbor_pairs(s: Structure, cutoff: float):
+    """Full neighbour list (i, j, Cartesian shifts) of one structure, as numpy arrays."""
+    if s.pbc.any() and not s.pbc.all():
+        # vesin takes one periodicity flag for all directions: use the model's own search.
+        import torch
+        from .neighbors import neighbor_list
+        i, j, shifts = neighbor_list(torch.from_numpy(s.positions), cutoff, torch.from_numpy(s.cell),
+                                     torch.from_numpy(s.pbc))
+        return i.numpy(), j.numpy(), shifts.double().numpy()
+    import vesin
+    periodic = bool(s.pbc.all())
+    nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
+    i, j, S = nl.compute(points=s.positions, box=s.cell if periodic else np.zeros((3, 3)), periodic=periodic,
+                         quantities="ijS")
+    shifts = S.astype(np.float64) @ s.cell if periodic else np.zeros((len(i), 3))
+    return i.astype(np.int64), j.astype(np.int64), shifts
+
+
+def make_graphs(structures: Sequence[Structure], elements: Sequence[int], cutoff: float, dtype) -> List[Graph]:
+    import torch
+    table = np.full(119, -1, dtype=np.int64)
+    table[list(elements)] = np.arange(len(elements))
+    graphs = []
+    for s in structures:
+        species = table[s.numbers]
+        if (species < 0).any():
+            missing = sorted(set(s.numbers[species < 0].tolist()))
+            raise DataError(f"{s.source}: element(s) {missing} are not among the model's elements {list(elements)}")
+        i, j, shifts = neighbor_pairs(s, cutoff)
+        graphs.append(Graph(
+            positions=torch.tensor(s.positions, dtype=dtype), species=torch.from_numpy(species),
+            idx_i=torch.from_numpy(i), idx_j=torch.from_numpy(j), shifts=torch.tensor(shifts, dtype=dtype),
+            energy=float(s.energy) if s.energy is not None else float("nan"),
+            forces=None if s.forces is None else torch.tensor(s.forces, dtype=dtype)))
+    return graphs
+
+
+def collate(graphs: Sequence[Graph]) -> dict:
+    """One batch: atoms concatenated, edge indices offset, `batch` = graph index of each atom."""
+    import torch
+    sizes = [len(g.species) for g in graphs]
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    forces = [g.forces if g.forces is not None else torch.zeros_like(g.positions) for g in graphs]
+    return {
+        "positions": torch.cat([g.positions for g in graphs]),
+        "species": torch.cat([g.species for g in graphs]),
+        "idx_i": torch.cat([g.idx_i + int(o) for g, o in zip(graphs, offsets)]),
+        "idx_j": torch.cat([g.idx_j + int(o) for g, o in zip(graphs, offsets)]),
+        "shifts": torch.cat([g.shifts for g in graphs]),
+        "batch": torch.repeat_interleave(torch.arange(len(graphs)), torch.tensor(sizes)),
+        "num_graphs": len(graphs),
+        "num_atoms": torch.tensor(sizes, dtype=torch.float64),
+        "energy": torch.tensor([g.energy for g in graphs], dtype=torch.float64),
+        "forces": torch.cat(forces),
+        "force_mask": torch.cat([torch.full((n,), g.forces is not None) for g, n in zip(graphs, sizes)]),
+    }

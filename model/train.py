@@ -1,0 +1,466 @@
+"""Training: energy + force loss, AMSGrad, warm-up then decay on plateau, EMA weights, resumable.
+
+`train(TrainOptions(...)) -> Path` (the best checkpoint). The run folder holds best.ckpt and
+last.ckpt (EMA weights as the network, plus the full training state in last.ckpt), config.yaml,
+metrics.csv and learning_curve.png. `resume=True` continues from last.ckpt exactly: the same
+seed gives the same weights whether or not the run was interrupted.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import dataclasses
+import math
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .config import So3kratesConfig, preset
+from .data import Structure, collate, dataset_sha256, make_graphs, neighbor_pairs, read_dataset
+from .evaluate import error_metrics, predict_graphs
+from .network import So3krates
+from .potential import Potential
+
+
+@dataclass
+class TrainOptions:
+    train: str = ""
+    out: str = "run"
+    valid: Optional[str] = None
+    valid_fraction: float = 0.05
+    preset: str = "default"
+    model: Dict[str, Any] = field(default_factory=dict)   # So3kratesConfig overrides (from --config)
+    max_time: Optional[float] = None     # seconds of training, over all resumes
+    epochs: Optional[int] = None         # total epochs, over all resumes
+    seed: int = 0
+    resume: bool = False
+    energy_key: Optional[str] = None
+    forces_key: Optional[str] = None
+    energy_unit: str = "eV"
+    length_unit: str = "A"
+    batch_size: int = 16
+    lr: float = 2e-3
+    optimizer: str = "amsgrad"           # amsgrad | adam
+    energy_weight: float = 1.0           # on the squared energy error per atom (eV/atom)^2
+    forces_weight: float = 100.0         # on the squared force component error (eV/A)^2
+    warmup_steps: int = 200
+    plateau_patience: int = 10           # epochs without improvement before the lr is reduced
+    plateau_factor: float = 0.5
+    min_lr: float = 1e-5
+    ema_decay: float = 0.99
+    grad_clip: float = 10.0
+    isolated_atoms: Optional[str] = None
+    dtype: str = "float32"
+    threads: Optional[int] = None
+    progress: bool = True
+    snapshot_times: List[float] = field(default_factory=list)   # seconds: extra EMA checkpoints (benchmarks)
+
+    def validate(self) -> None:
+        if not self.train:
+            raise ValueError("no training data: give --train FILE")
+        if self.epochs is None and self.max_time is None:
+            raise ValueError("give --epochs N or --max-time (e.g. 30m), or both")
+        if not 0.0 < self.valid_fraction < 1.0 and not self.valid:
+            raise ValueError(f"--valid-fraction must lie between 0 and 1, got {self.valid_fraction}")
+        if self.batch_size < 1 or self.lr <= 0:
+            raise ValueError("--batch-size must be >= 1 and --lr > 0")
+        if self.optimizer not in ("adam", "amsgrad"):
+            raise ValueError(f"optimizer {self.optimizer!r}; choose adam or amsgrad")
+        if self.energy_weight < 0 or self.forces_weight < 0 or self.energy_weight + self.forces_weight == 0:
+            raise ValueError("loss weights must be >= 0 and not both zero")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype {self.dtype!r}; choose float32 or float64")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def parse_duration(text) -> float:
+    """'90s', '30m', '1.5h', '1h30m' or a number of seconds -> seconds."""
+    if isinstance(text, (int, float)):
+        return float(text)
+    s = str(text).strip().lower()
+    parts = re.findall(r"(\d+(?:\.\d*)?)\s*([smh]?)", s)
+    if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
+        raise ValueError(f"cannot read the duration {text!r}; write e.g. 90s, 30m, 1.5h or 1h30m")
+    return sum(float(n) * {"": 1, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
+
+
+class PlateauSchedule:
+    """Linear warm-up over `warmup` steps, then the lr times `factor` after `patience` epochs
+    without a better validation loss. State is plain numbers (checkpoint-safe)."""
+
+    def __init__(self, lr: float, warmup: int, patience: int, factor: float, min_lr: float):
+        self.base, self.warmup, self.patience, self.factor, self.min_lr = lr, warmup, patience, factor, min_lr
+        self.scale, self.best, self.bad_epochs, self.steps = 1.0, math.inf, 0, 0
+
+    def lr(self) -> float:
+        warm = min(1.0, (self.steps + 1) / max(self.warmup, 1))
+        return max(self.base * self.scale, self.min_lr) * warm
+
+    def epoch_end(self, valid_loss: float) -> None:
+        if valid_loss < self.best * (1 - 1e-4):
+            self.best, self.bad_epochs = valid_loss, 0
+        else:
+            self.bad_epochs += 1
+            if self.bad_epochs > self.patience:
+                self.scale *= self.factor
+                self.bad_epochs = 0
+
+    def state_dict(self) -> Dict[str, float]:
+        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs, "steps": self.steps}
+
+    def load_state_dict(self, state: Dict[str, float]) -> None:
+        self.scale, self.best = float(state["scale"]), float(state["best"])
+        self.bad_epochs, self.steps = int(state["bad_epochs"]), int(state["steps"])
+
+
+def loss_terms(out: Dict[str, torch.Tensor], batch: Dict[str, Any], options: TrainOptions):
+    """Weighted loss and its parts: squared energy error per atom, squared force component error."""
+    de = (out["energy"] - batch["energy"]) / batch["num_atoms"]
+    e_mse = (de ** 2).mean()
+    mask = batch["force_mask"]
+    if bool(mask.any()):
+        f_mse = ((out["forces"][mask] - batch["forces"][mask]) ** 2).mean()
+    else:
+        f_mse = torch.zeros((), dtype=out["forces"].dtype)
+    loss = options.energy_weight * e_mse + options.forces_weight * f_mse.to(e_mse.dtype)
+    return loss, e_mse.detach(), f_mse.detach(), int(mask.sum()) * 3
+
+
+def energy_shifts(structures: Sequence[Structure], elements: List[int], isolated: Optional[List[Structure]]):
+    """Per-element energies mu_Z: isolated-atom energies when given, else least squares E ~ sum_Z n_Z mu_Z."""
+    if isolated is not None:
+        by_z = {int(s.numbers[0]): s.energy for s in isolated if len(s) == 1}
+        missing = [z for z in elements if z not in by_z]
+        if missing:
+            raise ValueError(f"the isolated-atom file has no single-atom frame for atomic number(s) {missing}")
+        return np.array([by_z[z] for z in elements])
+    counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], dtype=float)
+    energies = np.array([s.energy for s in structures])
+    # Minimum-norm solution: with one molecule the counts are collinear and only the sum is determined.
+    mu, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    return mu
+
+
+def force_rms(structures: Sequence[Structure]) -> float:
+    f = [s.forces.ravel() for s in structures if s.forces is not None]
+    return float(np.sqrt(np.mean(np.concatenate(f) ** 2))) if f else 1.0
+
+
+def average_neighbors(structures: Sequence[Structure], cutoff: float) -> float:
+    edges = sum(len(neighbor_pairs(s, cutoff)[0]) for s in structures)
+    return edges / sum(len(s) for s in structures)
+
+
+def read(path, options: TrainOptions) -> List[Structure]:
+    return read_dataset(path, options.energy_key, options.forces_key, options.energy_unit, options.length_unit)
+
+
+def split(structures: List[Structure], fraction: float, seed: int):
+    if len(structures) < 2:
+        raise ValueError("need at least 2 structures to split off a validation set; give --valid FILE")
+    order = np.random.default_rng(seed).permutation(len(structures))
+    n_valid = min(max(1, int(round(fraction * len(structures)))), len(structures) - 1)
+    return [structures[k] for k in order[n_valid:]], [structures[k] for k in order[:n_valid]]
+
+
+def build_config(options: TrainOptions, train_set: List[Structure]) -> So3kratesConfig:
+    elements = sorted({int(z) for s in train_set for z in s.numbers})
+    model = dict(options.model)
+    if "elements" in model:
+        missing = sorted(set(elements) - set(model["elements"]))
+        if missing:
+            raise ValueError(f"the training data contains atomic numbers {missing} that the config's elements "
+                             f"{model['elements']} lack")
+    else:
+        model["elements"] = elements
+    model["dtype"] = options.dtype
+    config = preset(options.preset, **model)
+    if config.message_normalization == "avg_neighbors" and not config.avg_num_neighbors:
+        config = config.replace(avg_num_neighbors=average_neighbors(train_set, config.cutoff))
+    return config
+
+
+class Trainer:
+    def __init__(self, options: TrainOptions):
+        options.validate()
+        self.options = options
+        self.out = Path(options.out)
+        resume = None
+        if options.resume:
+            last = self.out / "last.ckpt"
+            if not last.is_file():
+                raise FileNotFoundError(f"nothing to resume: {last} does not exist; run without --resume")
+            resume = load_checkpoint(last)
+            stored = dict(resume["training"]["options"])
+            # The run's recipe stays as it started; only how long to train may change.
+            for key in ("epochs", "max_time", "progress", "threads", "snapshot_times", "resume"):
+                stored[key] = getattr(options, key)
+            self.options = options = TrainOptions(**stored)
+        elif (self.out / "last.ckpt").exists():
+            raise ValueError(f"{self.out} already holds a run (last.ckpt): continue it with --resume or choose "
+                             f"another --out")
+        torch.set_num_threads(options.threads or max(1, min(2, os.cpu_count() or 1)))
+        self.dtype = getattr(torch, options.dtype)
+
+        structures = read(options.train, options)
+        if options.valid:
+            self.train_set, self.valid_set = structures, read(options.valid, options)
+        else:
+            self.train_set, self.valid_set = split(structures, options.valid_fraction, options.seed)
+        self.metadata = {
+            "training_data": str(Path(options.train).resolve()),
+            "training_data_sha256": dataset_sha256(options.train),
+            "validation_data": str(Path(options.valid).resolve()) if options.valid else None,
+            "validation_data_sha256": dataset_sha256(options.valid) if options.valid else None,
+            "n_train": len(self.train_set), "n_valid": len(self.valid_set),
+            "data_energy_unit": options.energy_unit, "data_length_unit": options.length_unit,
+            "preset": options.preset, "seed": options.seed,
+        }
+        if resume is not None:
+            old = resume["metadata"]
+            if old.get("training_data_sha256") != self.metadata["training_data_sha256"]:
+                raise ValueError(f"{options.train} changed since this run started (sha256 differs): resuming would "
+                                 f"train on other data; start a new run with another --out")
+            config = So3kratesConfig.from_dict(resume["config"])
+        else:
+            config = build_config(options, self.train_set)
+        torch.manual_seed(options.seed)
+        network = So3krates(config)
+        if resume is None:
+            isolated = None
+            if options.isolated_atoms:
+                isolated = read_dataset(options.isolated_atoms, options.energy_key, None, options.energy_unit,
+                                        options.length_unit)
+            mu = energy_shifts(self.train_set, list(config.elements), isolated)
+            with torch.no_grad():
+                network.energy_shift.copy_(torch.as_tensor(mu))
+                network.energy_scale.fill_(force_rms(self.train_set))
+        self.potential = Potential(network)
+        self.ema = copy.deepcopy(self.potential)
+        for p in self.ema.parameters():
+            p.requires_grad_(False)
+        self.optimizer = torch.optim.Adam(self.potential.parameters(), lr=options.lr,
+                                          amsgrad=options.optimizer == "amsgrad")
+        self.schedule = PlateauSchedule(options.lr, options.warmup_steps, options.plateau_patience,
+                                        options.plateau_factor, options.min_lr)
+        self.generator = torch.Generator().manual_seed(options.seed)
+        self.train_graphs = make_graphs(self.train_set, config.elements, config.cutoff, self.dtype)
+        self.valid_graphs = make_graphs(self.valid_set, config.elements, config.cutoff, self.dtype)
+        self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0.0
+        self.order = torch.zeros(0, dtype=torch.long)
+        self.sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0, "n": 0, "structures": 0, "seconds": 0.0}
+        self.history: List[Dict[str, float]] = []
+        self.best_loss = math.inf
+        if resume is not None:
+            self._restore(resume)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    # --- state ---------------------------------------------------------------------------------------
+    def _state(self) -> Dict[str, Any]:
+        return {"training": {
+            "options": self.options.to_dict(),
+            "train_state_dict": {k: v.detach().clone() for k, v in self.potential.network.state_dict().items()},
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()},
+            "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "order": self.order.clone(),
+            "sums": dict(self.sums), "elapsed_s": self.elapsed, "history": [dict(r) for r in self.history],
+            "best_valid_loss": self.best_loss,
+        }}
+
+    def _restore(self, payload: Dict[str, Any]) -> None:
+        t = payload["training"]
+        self.potential.network.load_state_dict(t["train_state_dict"])
+        self.ema.network.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.schedule.load_state_dict(t["schedule"])
+        torch.set_rng_state(t["rng"]["torch"])
+        self.generator.set_state(t["rng"]["shuffle"])
+        self.epoch, self.batch_in_epoch, self.order = int(t["epoch"]), int(t["batch_in_epoch"]), t["order"]
+        self.sums, self.elapsed = dict(t["sums"]), float(t["elapsed_s"])
+        self.history, self.best_loss = [dict(r) for r in t["history"]], float(t["best_valid_loss"])
+
+    def _save(self, name: str, with_state: bool) -> None:
+        state = self._state() if with_state else {}
+        save_checkpoint(self.out / name, self.ema.network, self.metadata, **state)
+
+    def _write_config(self) -> None:
+        import yaml
+        text = yaml.safe_dump({"model": self.potential.network.config.to_dict(),
+                               "training": self.options.to_dict()}, sort_keys=False)
+        atomic_write(self.out / "config.yaml", lambda tmp: open(tmp, "w").write(text))
+
+    # --- steps ---------------------------------------------------------------------------------------
+    def _step(self, indices: torch.Tensor) -> None:
+        o = self.options
+        batch = collate([self.train_graphs[k] for k in indices.tolist()])
+        lr = self.schedule.lr()
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        out = self.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"], batch["idx_j"],
+                                            batch["shifts"], batch["batch"], batch["num_graphs"], -1, True, False,
+                                            True)
+        loss, e_mse, f_mse, _ = loss_terms(out, batch, o)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"the training loss became {float(loss)} at step {self.schedule.steps}; "
+                               f"lower --lr (now {o.lr}) or check the data for outliers")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.potential.parameters(), o.grad_clip)
+        self.optimizer.step()
+        self.schedule.steps += 1
+        # EMA with a short start-up so the average is not dominated by the random initial weights.
+        decay = min(o.ema_decay, (1.0 + self.schedule.steps) / (10.0 + self.schedule.steps))
+        with torch.no_grad():
+            for pe, p in zip(self.ema.parameters(), self.potential.parameters()):
+                pe.lerp_(p, 1.0 - decay)
+        n = batch["num_graphs"]
+        self.sums["loss"] += float(loss.detach()) * n
+        self.sums["e_mse"] += float(e_mse) * n
+        self.sums["f_mse"] += float(f_mse) * n
+        self.sums["n"] += n
+
+    def validate(self) -> Dict[str, float]:
+        predicted = predict_graphs(self.ema, self.valid_graphs, batch_size=64)
+        m = error_metrics(self.valid_set, predicted["energy"], predicted["forces"])
+        e_mse = (m["energy_rmse_meV_per_atom"] / 1000.0) ** 2
+        f_mse = ((m["forces_rmse_meV_per_A"] or 0.0) / 1000.0) ** 2
+        m["loss"] = self.options.energy_weight * e_mse + self.options.forces_weight * f_mse
+        return m
+
+    def _time_left(self) -> bool:
+        return self.options.max_time is None or self.elapsed < self.options.max_time
+
+    def _epochs_left(self) -> bool:
+        return self.options.epochs is None or self.epoch < self.options.epochs
+
+    def run(self) -> Path:
+        o = self.options
+        n, bs = len(self.train_graphs), o.batch_size
+        n_batches = math.ceil(n / bs)
+        pending = sorted(t for t in o.snapshot_times if t > self.elapsed)
+        if not (self._epochs_left() and self._time_left()):
+            print(f"{self.out}: the run already reached its end ({self.epoch} epochs, {self.elapsed:.0f} s); "
+                  f"raise --epochs or --max-time to train further")
+        while self._epochs_left() and self._time_left():
+            if self.batch_in_epoch == 0:
+                self.order = torch.randperm(n, generator=self.generator)
+                self.sums = {k: 0 * v for k, v in self.sums.items()}
+            bar = self._bar(n_batches)
+            while self.batch_in_epoch < n_batches and self._time_left():
+                t0 = time.perf_counter()
+                chunk = self.order[self.batch_in_epoch * bs:(self.batch_in_epoch + 1) * bs]
+                self._step(chunk)
+                self.batch_in_epoch += 1
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                self.sums["seconds"] += dt
+                self.sums["structures"] += len(chunk)
+                while pending and self.elapsed >= pending[0]:
+                    self._save(f"snapshot_{int(pending.pop(0))}s.ckpt", with_state=False)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix_str(self._running())
+            if bar is not None:
+                bar.close()
+            if self.batch_in_epoch < n_batches:   # out of time in the middle of an epoch
+                metrics = self.validate()
+                if metrics["loss"] < self.best_loss:
+                    self.best_loss = metrics["loss"]
+                    self._save("best.ckpt", with_state=False)
+                self._save("last.ckpt", with_state=True)
+                break
+            self._end_epoch()
+        if not (self.out / "best.ckpt").exists():
+            self._save("best.ckpt", with_state=False)
+        return self.out / "best.ckpt"
+
+    def _end_epoch(self) -> None:
+        metrics = self.validate()
+        self.schedule.epoch_end(metrics["loss"])
+        s = self.sums
+        row = {
+            "epoch": self.epoch + 1, "step": self.schedule.steps, "elapsed_s": round(self.elapsed, 3),
+            "lr": self.schedule.lr(), "train_loss": s["loss"] / max(s["n"], 1),
+            "train_energy_rmse_meV_per_atom": 1000 * math.sqrt(s["e_mse"] / max(s["n"], 1)),
+            "train_forces_rmse_meV_per_A": 1000 * math.sqrt(s["f_mse"] / max(s["n"], 1)),
+            "valid_loss": metrics["loss"], "valid_energy_mae_meV": metrics["energy_mae_meV"],
+            "valid_energy_mae_meV_per_atom": metrics["energy_mae_meV_per_atom"],
+            "valid_forces_mae_meV_per_A": metrics["forces_mae_meV_per_A"] or float("nan"),
+            "train_structures_per_s": s["structures"] / max(s["seconds"], 1e-9),
+        }
+        self.history.append(row)
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        if metrics["loss"] < self.best_loss:
+            self.best_loss = metrics["loss"]
+            self._save("best.ckpt", with_state=False)
+        self._save("last.ckpt", with_state=True)
+        self._write_metrics()
+        if not self.options.progress:
+            print(f"epoch {row['epoch']}: train loss {row['train_loss']:.4g}, valid loss {row['valid_loss']:.4g}, "
+                  f"E MAE {row['valid_energy_mae_meV']:.2f} meV, F MAE {row['valid_forces_mae_meV_per_A']:.1f} "
+                  f"meV/A, lr {row['lr']:.2e}, {self.elapsed:.0f} s", flush=True)
+
+    def _running(self) -> str:
+        s = self.sums
+        k = max(s["n"], 1)
+        return (f"loss {s['loss'] / k:.3g} E {1000 * math.sqrt(s['e_mse'] / k):.1f} meV/at "
+                f"F {1000 * math.sqrt(s['f_mse'] / k):.0f} meV/A lr {self.schedule.lr():.1e}")
+
+    def _bar(self, total: int):
+        if not self.options.progress:
+            return None
+        from tqdm import tqdm
+        last = self.history[-1] if self.history else None
+        desc = f"epoch {self.epoch + 1}" + (f" (valid F MAE {last['valid_forces_mae_meV_per_A']:.0f})" if last else "")
+        return tqdm(total=total, initial=self.batch_in_epoch, desc=desc, unit="batch", leave=False)
+
+    def _write_metrics(self) -> None:
+        rows = self.history
+        keys = list(rows[0])
+
+        def write(tmp):
+            with open(tmp, "w", newline="") as fh:
+                w = csv.DictWriter(fh, fieldnames=keys)
+                w.writeheader()
+                w.writerows(rows)
+        atomic_write(self.out / "metrics.csv", write)
+        plot_learning_curve(self.out / "learning_curve.png", rows)
+
+
+def plot_learning_curve(path, rows: List[Dict[str, float]]) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    epochs = [r["epoch"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    a.semilogy(epochs, [r["train_loss"] for r in rows], label="train")
+    a.semilogy(epochs, [r["valid_loss"] for r in rows], label="validation (EMA)")
+    a.set_xlabel("epoch")
+    a.set_ylabel("loss")
+    a.legend()
+    b.semilogy(epochs, [r["valid_forces_mae_meV_per_A"] for r in rows], label="force MAE (meV/A)")
+    b.semilogy(epochs, [r["valid_energy_mae_meV"] for r in rows], label="energy MAE (meV)")
+    b.set_xlabel("epoch")
+    b.set_title("validation")
+    b.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    plt.close(fig)
+
+
+def train(options: TrainOptions) -> Path:
+    """Train (or resume) and return the path of the best checkpoint (EMA weights)."""
+    return Trainer(options).run()
