@@ -128,10 +128,12 @@ def neighbor_list(positions: torch.Tensor, cutoff: float, cell: Optional[torch.T
     local = torch.arange(pair_i.shape[0], device=device) - begin
     src = order.index_select(0, first + local)
 
-    d = src_pos.index_select(0, src) - pos_w.index_select(0, pair_i)
-    within = (d * d).sum(-1) < cutoff * cutoff
     j_atom = src_atom.index_select(0, src)
     j_shift = src_shift.index_select(0, src)
+    # (R_j - R_i) + T rather than (R_j + T) - R_i: the reverse pair then gets exactly -d in floating
+    # point, so a pair at the cutoff is kept in both directions or in neither (a symmetric list).
+    d = (pos_w.index_select(0, j_atom) - pos_w.index_select(0, pair_i)) + j_shift @ box
+    within = (d * d).sum(-1) < cutoff * cutoff
     self_pair = (j_atom == pair_i) & (j_shift == 0).all(dim=-1)
     mask = within & ~self_pair
     idx_i = pair_i[mask]
