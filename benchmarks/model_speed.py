@@ -37,6 +37,19 @@ def systems(sizes):
     return out
 
 
+def time_neighbours(module, atoms, repeat):
+    pos = torch.tensor(atoms.positions)
+    cell = torch.tensor(atoms.cell.array) if atoms.pbc.any() else None
+    pbc = torch.tensor(atoms.pbc) if atoms.pbc.any() else None
+    module.neighbors(pos, cell, pbc)
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        module.neighbors(pos, cell, pbc)
+        times.append(time.perf_counter() - t)
+    return 1000 * statistics.median(times)
+
+
 def time_model(module, atoms, repeat):
     pos = torch.tensor(atoms.positions)
     z = torch.tensor(atoms.numbers)
@@ -69,12 +82,15 @@ def main():
             export_model(net, f"{tmp}/{dtype}.pt", dtype=dtype)
             modules[dtype] = load_exported(f"{tmp}/{dtype}.pt")[0]
         print(f"preset {args.preset}, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
-        print(f"{'system':<14}{'atoms':>7}{'float32 ms':>12}{'float64 ms':>12}{'f32 us/atom':>13}")
+        print(f"{'system':<14}{'atoms':>7}{'float32 ms':>12}{'float64 ms':>12}{'f32 us/atom':>13}"
+              f"{'neighbours ms':>15}")
         for name, atoms in systems(args.sizes):
             ms = {d: time_model(m, atoms, args.repeat) for d, m in modules.items()}
-            rows.append({"system": name, "atoms": len(atoms), "float32_ms": ms["float32"], "float64_ms": ms["float64"]})
+            nl = time_neighbours(modules["float32"], atoms, args.repeat)
+            rows.append({"system": name, "atoms": len(atoms), "float32_ms": ms["float32"], "float64_ms": ms["float64"],
+                         "neighbour_search_ms": nl})
             print(f"{name:<14}{len(atoms):>7}{ms['float32']:>12.2f}{ms['float64']:>12.2f}"
-                  f"{1000 * ms['float32'] / len(atoms):>13.1f}", flush=True)
+                  f"{1000 * ms['float32'] / len(atoms):>13.1f}{nl:>15.2f}", flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "command": "python benchmarks/model_speed.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
