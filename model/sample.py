@@ -109,7 +109,7 @@ def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True) -> Lis
                 step += settings.stride
             frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
             frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                               forces=atoms.get_forces())
+                                               forces=atoms.get_forces(apply_constraint=False))
             frame.info.update(level_of_theory=theory, temperature_K=settings.temperature, step=step,
                               time_fs=step * settings.timestep_fs, seed=settings.seed)
             frames.append(frame)

@@ -1,0 +1,118 @@
+"""Training: the validation loss goes down, resume == uninterrupted, checkpoints load with weights_only."""
+import hashlib
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from so3krates.cli import main as cli
+from so3krates.model.checkpoint import network_from_checkpoint
+from so3krates.model.data import Structure, neighbor_pairs
+from so3krates.model.sample import SampleSettings, resolve_structure, sample, write_frames
+from so3krates.model.train import TrainOptions, Trainer, build_config, energy_shifts, parse_duration, train
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """24 GFN2-xTB frames of ethanol at 800 K (about a second of tblite)."""
+    frames = sample(resolve_structure("ethanol"), SampleSettings(temperature=800, frames=24, stride=3,
+                                                                 equilibration=0, seed=5), progress=False)
+    path = tmp_path_factory.mktemp("data") / "ethanol.xyz"
+    write_frames(path, frames)
+    return path
+
+
+def options(data, out, **kw):
+    base = dict(train=str(data), out=str(out), preset="tiny", valid_fraction=0.25, batch_size=2, lr=1e-2,
+                warmup_steps=1, ema_decay=0.5, epochs=3, seed=7, progress=False, threads=1)
+    return TrainOptions(**{**base, **kw})
+
+
+def test_training_lowers_validation_loss(data, tmp_path):
+    trainer = Trainer(options(data, tmp_path / "run", epochs=8))
+    before = trainer.validate()["loss"]
+    best = trainer.run()
+    after = torch.load(best, weights_only=True)
+    history = after["training"]["history"] if "training" in after else None
+    assert history is None   # best.ckpt holds weights only
+    rows = torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["training"]["history"]
+    assert len(rows) == 8
+    assert min(r["valid_loss"] for r in rows) < 0.85 * before, (before, [r["valid_loss"] for r in rows])
+    # The lines of metrics.csv are the epochs; the learning curve and the config are written.
+    assert len((tmp_path / "run" / "metrics.csv").read_text().splitlines()) == 9
+    assert (tmp_path / "run" / "learning_curve.png").stat().st_size > 1000
+    assert "preset: tiny" in (tmp_path / "run" / "config.yaml").read_text()
+
+
+def test_resume_equals_uninterrupted_and_checkpoints_are_weights_only(data, tmp_path):
+    train(options(data, tmp_path / "full", epochs=3))
+    train(options(data, tmp_path / "cut", epochs=1))
+    train(options(data, tmp_path / "cut", epochs=3, resume=True))
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
+    for key in ("state_dict",):
+        for name, value in a[key].items():
+            torch.testing.assert_close(value, b[key][name], rtol=1e-6, atol=1e-7)
+    for name, value in a["training"]["train_state_dict"].items():
+        torch.testing.assert_close(value, b["training"]["train_state_dict"][name], rtol=1e-6, atol=1e-7)
+    assert a["training"]["epoch"] == b["training"]["epoch"] == 3
+    # Provenance: the training data hash, and the config, are inside the checkpoint.
+    assert a["metadata"]["training_data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
+    network, payload = network_from_checkpoint(tmp_path / "full" / "best.ckpt")
+    assert payload["config"]["features"] == 16 and network.config.elements == [1, 6, 8]
+    # The per-element shifts were fitted: the model's energies are near the data's.
+    assert float(network.energy_shift.sum()) != 0.0
+
+
+def test_resume_after_a_time_limit_in_the_middle_of_an_epoch(data, tmp_path):
+    train(options(data, tmp_path / "full", epochs=2))
+    trainer = Trainer(options(data, tmp_path / "cut", epochs=2))
+    trainer.options.max_time = 1e-9   # stops after the first batch
+    trainer.run()
+    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["training"]["batch_in_epoch"] == 1
+    train(options(data, tmp_path / "cut", epochs=2, resume=True))
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, value in a.items():
+        torch.testing.assert_close(value, b[name], rtol=1e-6, atol=1e-7)
+
+
+def test_cli_train_and_refusals(data, tmp_path):
+    out = tmp_path / "cli"
+    assert cli(["train", "--train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1",
+                "--batch-size", "8", "--valid-fraction", "0.2", "--quiet"]) == 0
+    assert (out / "best.ckpt").is_file()
+    assert cli(["train", "--train", str(data), "--out", str(out), "--epochs", "1", "--quiet"]) == 1  # exists
+    assert cli(["train", "--train", str(data), "--out", str(tmp_path / "x"), "--resume", "--epochs", "1"]) == 1
+    assert cli(["train", "--train", str(data), "--out", str(tmp_path / "y"), "--quiet"]) == 1  # no budget
+    # A run's config.yaml is a valid --config for a new run.
+    assert cli(["train", "--train", str(data), "--out", str(tmp_path / "z"), "--config", str(out / "config.yaml"),
+                "--epochs", "1", "--quiet"]) == 0
+    assert parse_duration("1h30m") == 5400 and parse_duration("90s") == 90
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration("ten minutes")
+
+
+def test_energy_shifts_by_least_squares_and_isolated_atoms():
+    mu = {1: -13.6, 8: -2035.0, 6: -1025.0}
+    molecules = [[1, 1], [8, 8], [1, 1, 8], [6, 8], [6, 1, 1, 1, 1]]
+    structures = [Structure(np.zeros((len(z), 3)), np.array(z), np.zeros((3, 3)), np.zeros(3, bool),
+                            sum(mu[k] for k in z), None) for z in molecules]
+    np.testing.assert_allclose(energy_shifts(structures, [1, 6, 8], None), [mu[1], mu[6], mu[8]])
+    atoms = [Structure(np.zeros((1, 3)), np.array([z]), np.zeros((3, 3)), np.zeros(3, bool), e, None)
+             for z, e in mu.items()]
+    np.testing.assert_allclose(energy_shifts(structures, [1, 8], atoms), [mu[1], mu[8]])
+    with pytest.raises(ValueError, match=r"atomic number\(s\) \[7\]"):
+        energy_shifts(structures, [1, 7], atoms)
+
+
+def test_average_neighbour_count_from_the_data(data):
+    from so3krates.model.data import read_dataset
+    structures = read_dataset(data)
+    config = build_config(TrainOptions(train=str(data), epochs=1, preset="tiny",
+                                       model={"message_normalization": "avg_neighbors"}), structures)
+    brute = np.mean([[np.sum((np.linalg.norm(s.positions - p, axis=1) < config.cutoff)) - 1 for p in s.positions]
+                     for s in structures])
+    assert config.avg_num_neighbors == pytest.approx(brute)
+    assert math.isclose(len(neighbor_pairs(structures[0], config.cutoff)[0]) % 2, 0)
