@@ -86,6 +86,7 @@ def main():
     torch.set_num_threads(1)
     rows = []
     started = time.perf_counter()
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         cfg = preset(args.preset, elements=[1, 8], dtype=args.dtype)
@@ -130,8 +131,11 @@ def main():
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "preset": args.preset, "dtype": args.dtype, "threads_per_rank": 1,
-        "wall_time_s": time.perf_counter() - started, "rows": rows}, indent=1) + "\n")
-    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s)")
+        "wall_time_s": time.perf_counter() - started,
+        # other work on the machine distorts the timings; the 1-minute load before and after
+        "load_average_start_end": [load_start, os.getloadavg()[0]], "rows": rows}, indent=1) + "\n")
+    print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s; load average {load_start:.1f} at start, "
+          f"{os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores)")
 
 
 if __name__ == "__main__":
