@@ -10,8 +10,6 @@ from typing import List, Optional
 import numpy as np
 from ase import Atoms, units
 
-STRUCTURES_DIR = Path(__file__).parent / "structures"
-BUNDLED = {"alanine-dipeptide": "alanine_dipeptide.xyz"}
 METHODS = {"gfn2-xtb": "GFN2-xTB", "gfn1-xtb": "GFN1-xTB"}
 
 
@@ -38,26 +36,8 @@ class SampleSettings:
 def resolve_structure(spec: str) -> Atoms:
     """A structure file, a bundled name (alanine-dipeptide), `water-box[:N]` (periodic, N molecules)
     or an ASE molecule name (ethanol)."""
-    if os.path.exists(spec):
-        from so3krates.md import read_structure
-        return read_structure(spec)
-    if spec in BUNDLED:
-        from ase.io import read
-        atoms = read(STRUCTURES_DIR / BUNDLED[spec])
-        atoms.info.pop("comment", None)
-        return atoms
-    if spec.startswith("water-box"):
-        from so3krates.structures import water_box
-        count = spec.partition(":")[2]
-        if count and not count.isdigit():
-            raise ValueError(f"{spec!r}: write water-box:N with N the number of molecules, e.g. water-box:8")
-        return water_box(int(count or 8), seed=0)
-    from so3krates.md import read_structure
-    try:
-        return read_structure(spec)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"structure {spec!r} is neither a file, a bundled structure ({', '.join(BUNDLED)}), "
-                                f"water-box[:N], nor an ASE molecule name (e.g. ethanol)") from None
+    from so3krates.structures import read_structure
+    return read_structure(spec)
 
 
 def make_calculator(method: str):

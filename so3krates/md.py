@@ -122,21 +122,9 @@ def write_trajectory(path: str, result: MDResult) -> None:
 
 
 def read_structure(spec: str) -> Atoms:
-    """A structure file (any ASE format) or an ASE molecule name such as 'ethanol'."""
-    import os
-    from ase.io import read
-    if os.path.exists(spec):
-        return read(spec)
-    from ase.build import molecule
-    from ase.collections import g2
-    names = {"ethanol": "CH3CH2OH", "water": "H2O"}
-    name = names.get(spec, spec)
-    if name in g2.names:
-        atoms = molecule(name)
-        atoms.center(vacuum=6.0)
-        atoms.pbc = False
-        return atoms
-    raise FileNotFoundError(f"structure {spec!r} is neither a file nor an ASE molecule name (e.g. ethanol)")
+    """A structure file, a bundled name, `water-box[:N]` or an ASE molecule name such as 'ethanol'."""
+    from so3krates.structures import read_structure as read
+    return read(spec)
 
 
 def register(subparsers) -> None:

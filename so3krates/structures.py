@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 from ase import Atoms
@@ -28,3 +30,35 @@ def water_box(num_molecules: int, seed: int = 0, density_scale: float = 1.0) -> 
         positions.extend(h2o.positions @ q.T + centre)
         numbers.extend(h2o.numbers)
     return Atoms(numbers=numbers, positions=positions, cell=[length] * 3, pbc=True)
+
+
+BUNDLED = {"alanine-dipeptide": "alanine_dipeptide.xyz"}
+MOLECULE_ALIASES = {"ethanol": "CH3CH2OH", "water": "H2O"}
+
+
+def read_structure(spec: str) -> Atoms:
+    """A structure file (any ASE format), a bundled name (alanine-dipeptide), `water-box[:N]`
+    (periodic, N molecules) or an ASE molecule name (ethanol; centred in a non-periodic box)."""
+    from ase.io import read
+    if os.path.exists(spec):
+        return read(spec)
+    if spec in BUNDLED:
+        import so3krates.model
+        atoms = read(Path(so3krates.model.__file__).parent / "structures" / BUNDLED[spec])
+        atoms.info.pop("comment", None)
+        return atoms
+    if spec.startswith("water-box"):
+        count = spec.partition(":")[2]
+        if count and not count.isdigit():
+            raise ValueError(f"{spec!r}: write water-box:N with N the number of molecules, e.g. water-box:8")
+        return water_box(int(count or 8), seed=0)
+    from ase.build import molecule
+    from ase.collections import g2
+    name = MOLECULE_ALIASES.get(spec, spec)
+    if name in g2.names:
+        atoms = molecule(name)
+        atoms.center(vacuum=6.0)
+        atoms.pbc = False
+        return atoms
+    raise FileNotFoundError(f"structure {spec!r} is neither a file, a bundled structure ({', '.join(BUNDLED)}), "
+                            f"water-box[:N], nor an ASE molecule name (e.g. ethanol)")
