@@ -162,6 +162,9 @@ def train_ours(folder, train, budget_s, threads, seed):
                     "--energy-unit", "kcal/mol", "--json", str(out)], check=False, capture_output=True)
     if out.is_file():
         info["so3krates_evaluate"] = json.loads(out.read_text())
+    metrics = folder / "metrics.csv"
+    if metrics.is_file():
+        info["epochs"] = max(len(metrics.read_text().splitlines()) - 1, 0)
     return model, info
 
 

@@ -7,8 +7,9 @@ Two long-lived timing workers (benchmarks/peers/worker.py): one in our venv (our
 benchmarks/peers/.venv (the peers, see setup.sh). The driver asks them in turn, one at a time, so
 all models share the same machine state: per structure and precision, round 1 in the order
 ours-export, so3krates-torch, ours-eager, mace-small, mace-medium and (below --large atoms) a
-round 2 in reverse order; a model's figure is the median over both rounds. Each request does
-warm-up calls and then repeats within --budget-s seconds (at least once).
+round 2 in reverse order (below --one-round atoms); a model's figure is the median over both
+rounds. Each request does warm-up calls (3 for TorchScript, else 1) and then repeats within
+--budget-s seconds (at least once); from --large atoms: 1 warm-up and 1 timed call.
 
 Time per evaluation: energy + forces (+ stress for the periodic water boxes, as the MACE
 calculator always does) through each model's ASE calculator, neighbour list included. For ours
@@ -110,8 +111,10 @@ def main():
     ap.add_argument("--models", nargs="+", default=ORDER)
     ap.add_argument("--budget-s", type=float, default=3.0, help="timing seconds per request after warm-up")
     ap.add_argument("--max-repeat", type=int, default=20)
-    ap.add_argument("--large", type=int, default=5000, help="from this many atoms: 1 warm-up, 1 round")
-    ap.add_argument("--cap-s", type=float, default=240.0, help="wall-clock cap of one request")
+    ap.add_argument("--one-round", type=int, default=1000, help="from this many atoms: one round only")
+    ap.add_argument("--large", type=int, default=5000,
+                    help="from this many atoms: 1 warm-up and 1 timed call per model; compute() for ours-export only")
+    ap.add_argument("--cap-s", type=float, default=200.0, help="wall-clock cap of one request")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per evaluation (default 1: on the shared 2-core machine, 2 threads "
                          "were 5-20x noisier whenever other jobs ran)")
@@ -128,7 +131,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         for label, path, natoms in structures(args.sizes, tmp):
             large = natoms >= args.large
-            rounds = [order] if large else [order, order[::-1]]
+            rounds = [order] if natoms >= args.one_round else [order, order[::-1]]
             for dtype in args.dtypes:
                 times = {m: {"ase_ms": [], "compute_ms": []} for m in order}
                 status = {m: "ok" for m in order}
@@ -138,17 +141,19 @@ def main():
                             continue
                         prev = last.get((model, dtype))
                         if prev is not None:
-                            predicted = prev[0] / 1000 * natoms / prev[1] * (2 if large else 3)
+                            calls = 2 if large else 3  # warm-up + timed calls, roughly
+                            predicted = prev[0] / 1000 * natoms / prev[1] * calls
                             if predicted > args.cap_s:
                                 status[model] = f"skipped: about {predicted:.0f} s predicted > cap {args.cap_s:.0f} s"
                                 continue
                         worker = workers["ours" if model.startswith("ours") else "peers"]
                         # TorchScript (ours-export) needs 3 calls before its optimised graph runs.
-                        warmup = 1 if large else 3
+                        warmup = 3 if model == "ours-export" and not large else 1
                         try:
                             ans = worker.request(args.cap_s, model=model, dtype=dtype, structure=path,
                                                  budget_s=0.0 if large else args.budget_s,
-                                                 max_repeat=1 if large else args.max_repeat, warmup=warmup)
+                                                 max_repeat=1 if large else args.max_repeat, warmup=warmup,
+                                                 compute_path=model == "ours-export" or not large)
                         except TimeoutError:
                             status[model] = f"timeout: over the {args.cap_s:.0f} s cap"
                             continue

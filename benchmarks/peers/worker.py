@@ -55,7 +55,7 @@ def run(request, cache):
     warmup, budget, repeat = request["warmup"], request["budget_s"], request["max_repeat"]
     out = {"ok": True, "atoms": len(atoms),
            "ase_ms": timed(lambda: calc.calculate(atoms, props, all_changes), warmup, budget, repeat)}
-    if module is not None:
+    if module is not None and request.get("compute_path", True):
         dtype = torch.float64
         pos = torch.tensor(atoms.positions, dtype=dtype)
         z = torch.tensor(atoms.numbers)
