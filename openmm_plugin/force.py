@@ -39,19 +39,23 @@ class So3kratesOpenMMModule(nn.Module):
         # openmm-torch passes the box vectors only for periodic forces, then the global parameters.
         boxvectors = extra1 if self.periodic else None
         scale = extra2 if self.periodic else extra1
-        pos = positions
+        # openmm-torch hands positions that require grad; the model returns its forces itself
+        # (pair gradients), so no autograd graph back to the positions is needed.
+        pos = positions.detach()
         if self.subset:
-            pos = positions.index_select(0, self.indices)
+            pos = pos.index_select(0, self.indices)
         pos = pos.to(torch.float64) * self.angstrom_per_nm
         cell: Optional[torch.Tensor] = None
         pbc: Optional[torch.Tensor] = None
         if self.periodic:
             if boxvectors is None:
                 raise ValueError("the so3krates force is periodic but OpenMM passed no box vectors")
-            cell = boxvectors.to(torch.float64) * self.angstrom_per_nm
+            cell = boxvectors.detach().to(torch.float64) * self.angstrom_per_nm
             pbc = self.pbc
         out = self.model.compute(pos, self.atomic_numbers, cell, pbc)
-        energy = out["energy"].sum() * self.kj_per_mol_per_ev
+        # Sum the per-atom energies in float64: with per-element shifts of ~1e3 eV a float32 sum
+        # over thousands of atoms would lose ~0.1 eV.
+        energy = out["energies"].to(torch.float64).sum() * self.kj_per_mol_per_ev
         # eV/A -> kJ/mol/nm
         forces = out["forces"].to(torch.float64) * (self.kj_per_mol_per_ev * self.angstrom_per_nm)
         if self.scaled and scale is not None:
