@@ -84,7 +84,7 @@ def test_lammps_md_follows_the_reference_md(model_path, make):
 
 
 @pytest.mark.parametrize("make, steps", [
-    (ethanol, 400),
+    (ethanol, 200),
     # periodic and small: each rank holds ~20x its atoms as ghosts (2 layers = 8 A + skin), so few steps
     (lambda: initial_state(water_box(48, seed=3), 300.0, seed=3), 20),
 ], ids=["molecule", "periodic water"])
