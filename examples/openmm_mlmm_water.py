@@ -50,7 +50,8 @@ def main():
         net = So3krates(preset("tiny", elements=[1, 6, 8]))
         with torch.no_grad():
             net.energy_scale.fill_(0.5)
-        model = tempfile.mktemp(suffix=".pt")
+        with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as fh:
+            model = fh.name
         export_model(net, model, "float32")
         print(f"no model given: exported an untrained demo model to {model}")
 
