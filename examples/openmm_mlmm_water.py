@@ -3,8 +3,9 @@
     python examples/openmm_mlmm_water.py [MODEL.pt] [--ps 2]
 
 Without a model file, a small untrained model (H, C, O) is exported on the fly, which shows the
-plumbing but not chemistry: pass a trained model (e.g. demo_output/ethanol_float64.pt from
-`make demo`) for meaningful dynamics. The solute is ethanol from ASE; the water is added with
+plumbing but not chemistry (its random energy surface distorts the molecule): pass a trained
+model (e.g. demo_output/ethanol_float32.pt from `make demo`) for meaningful dynamics. About 30 s
+for the default 2 ps on one core. The solute is ethanol from ASE; the water is added with
 OpenMM's Modeller; openmm-ml's createMixedSystem removes the solute's (empty) MM terms and adds the
 so3krates force; the solute-water interaction is TIP3P Lennard-Jones only (the solute carries no
 MM charges here: mechanical embedding of a neutral, uncharged solute).
@@ -38,11 +39,14 @@ def main():
     ap.add_argument("model", nargs="?")
     ap.add_argument("--ps", type=float, default=2.0, help="simulated time in ps")
     ap.add_argument("--box", type=float, default=2.2, help="water box edge in nm")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for the model (a 9-atom ML region runs fastest on one)")
     args = ap.parse_args()
+    import torch
+    torch.set_num_threads(args.threads)
 
     model = args.model
     if model is None:
-        import torch
         from so3krates.export import export_model
         from so3krates.model import So3krates
         from so3krates.model.config import preset
@@ -53,7 +57,8 @@ def main():
         with tempfile.NamedTemporaryFile(suffix=".pt", delete=False) as fh:
             model = fh.name
         export_model(net, model, "float32")
-        print(f"no model given: exported an untrained demo model to {model}")
+        print(f"no model given: exported an UNTRAINED demo model to {model}; it shows the plumbing only "
+              "(the molecule's geometry will be meaningless). Pass a trained model for chemistry.")
 
     solute = molecule("CH3CH2OH")
     topology = app.Topology()
