@@ -66,17 +66,20 @@ def prepare_data(folder):
     return train, test
 
 
-def so3krates_torch_config(train, seed, epochs, restart):
+def so3krates_torch_config(train, seed, epochs, restart, gamma_085=False):
     """Its documented defaults (F 128, degrees required -> [1,2,3,4], 3 layers, 4.5 A, Bernstein 32,
     cosine cutoff, Adam, exponential decay, forces weight 1000, float64); the SO3LR long-range terms
     (ZBL, electrostatics, dispersion) off because plain So3krates is compared. batch_size,
-    valid_batch_size and lr have no default there: 16/32 like ours, lr 1e-3 as in SO3LR training."""
+    valid_batch_size and lr have no default there: 16/32 like ours, lr 1e-3 as in SO3LR training.
+    lr_scheduler_gamma: its README documents 0.9993 per epoch, but the code's default is 0.85, which
+    leaves 1e-3 * 0.85^40 = 1.5e-6 after 40 epochs; gamma_085=True reproduces the code default."""
+    gamma = 0.85 if gamma_085 else 0.9993
     return {
         "GENERAL": {"name_exp": "so3krates_torch", "seed": seed, "default_dtype": "float64"},
         "ARCHITECTURE": {"degrees": [1, 2, 3, 4], "zbl_repulsion_bool": False,
                          "electrostatic_energy_bool": False, "dispersion_energy_bool": False},
         "TRAINING": {"path_to_train_data": str(train), "batch_size": 16, "valid_batch_size": 32, "lr": 1e-3,
-                     "num_epochs": epochs},
+                     "num_epochs": epochs, "lr_scheduler_gamma": gamma},
         "MISC": {"device": "cpu", "restart_latest": restart},
     }
 
@@ -112,7 +115,7 @@ def run_for(cmd, cwd, env, budget_s, log):
     return time.time() - start, stopped, proc.returncode
 
 
-def train_peer(name, folder, train, budget_s, env, seed):
+def train_peer(name, folder, train, budget_s, env, seed, gamma_085=False):
     import yaml
     folder.mkdir(parents=True, exist_ok=True)
     log = folder / "train.log"
@@ -122,7 +125,7 @@ def train_peer(name, folder, train, budget_s, env, seed):
         if name == "mace":
             return mace_command(train, seed, epochs, restart)
         cfg = folder / "config.yaml"
-        cfg.write_text(yaml.safe_dump(so3krates_torch_config(train, seed, epochs, restart)))
+        cfg.write_text(yaml.safe_dump(so3krates_torch_config(train, seed, epochs, restart, gamma_085)))
         return [str(PEERS_BIN / "torchkrates-train"), "--config", str(cfg)]
 
     seconds, stopped, rc = run_for(command(big, False), folder, env, budget_s, log)
@@ -185,6 +188,9 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", default="/tmp/peers_accuracy")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "peers_accuracy.json"))
+    ap.add_argument("--s3t-code-default-gamma", action="store_true",
+                    help="so3krates-torch with its code's lr decay 0.85/epoch instead of the documented 0.9993")
+    ap.add_argument("--merge", action="store_true", help="keep the other models' rows already in --out")
     args = ap.parse_args()
     budget_s = parse_budget(args.budget)
     if not (DATA / "train.xyz").is_file():
@@ -200,7 +206,8 @@ def main():
         if name == "ours":
             model, info = train_ours(run_dir / name, train, budget_s, args.threads, args.seed)
         else:
-            model, info = train_peer(name, run_dir / name, train, budget_s, peer_env, args.seed)
+            model, info = train_peer(name, run_dir / name, train, budget_s, peer_env, args.seed,
+                                     args.s3t_code_default_gamma)
         row = {"model": name, "started": started, "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
                **info}
         if model is not None:
@@ -208,11 +215,18 @@ def main():
             row["model_file"] = str(model)
         print(json.dumps(row), flush=True)
         rows.append(row)
-    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
+    commands = {name: " ".join([Path(sys.executable).name, *sys.argv]) for name in args.models}
+    if args.merge and Path(args.out).is_file():
+        old = json.loads(Path(args.out).read_text())
+        kept = [r for r in old["rows"] if r["model"] not in args.models]
+        commands = {**{r["model"]: old.get("commands", {}).get(r["model"], old["command"]) for r in kept}, **commands}
+        rows = sorted(kept + rows, key=lambda r: MODELS.index(r["model"].split(" ")[0]))
+    result = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "commands": commands,
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "budget_s": budget_s, "threads": args.threads,
               "train_data": str(DATA / "train.xyz"), "test_data": str(DATA / "ethanol_reduced_100_kcal.xyz"),
-              "so3krates_torch_config": so3krates_torch_config("train_ref.xyz", args.seed, "<large>", False),
+              "so3krates_torch_config": so3krates_torch_config("train_ref.xyz", args.seed, "<large>", False,
+                                                               args.s3t_code_default_gamma),
               "mace_command": " ".join(mace_command("train_ref.xyz", args.seed, "<large>", False)),
               "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)

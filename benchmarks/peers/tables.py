@@ -45,7 +45,7 @@ def accuracy_table(data):
         if "energy_mae_meV" not in t:
             lines.append(f"| {r['model']} | {r.get('train_seconds', '-')} | - | {r.get('error', t.get('error', 'failed'))[:80]} | | | |")
             continue
-        epochs = r.get("latest_checkpoint_epoch", r.get("epochs", "-"))
+        epochs = r.get("epochs", r.get("latest_checkpoint_epoch", "-"))
         lines.append(f"| {r['model']} | {r['train_seconds']} | {epochs} | {t['energy_mae_meV']:.1f} | "
                      f"{t['energy_mae_meV_per_atom']:.2f} | {t['forces_mae_meV_per_A']:.1f} | {t['forces_rmse_meV_per_A']:.1f} |")
     return "\n".join(lines)
