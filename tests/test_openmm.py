@@ -213,6 +213,13 @@ def test_mixed_system_ml_atoms_feel_so3krates_and_mm_atoms_keep_their_force_fiel
     f_mm = mm_ctx.getState(getForces=True).getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
     np.testing.assert_allclose(f_mixed[others], f_mm[others], atol=1e-6 * np.abs(f_mm).max())
 
+    # and it runs: a few steps keep the ML water's geometry (no constraints left inside it)
+    ctx.getIntegrator().step(5)
+    after = ctx.getState(getPositions=True, getEnergy=True)
+    assert np.isfinite(after.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+    assert np.abs(after.getPositions(asNumpy=True).value_in_unit(unit.nanometer)[ml_atoms]
+                  - pos_nm[ml_atoms]).max() > 0
+
 
 def test_mixed_system_with_interpolation_runs(model, solvated):
     from openmmml import MLPotential
@@ -333,3 +340,17 @@ def test_foreign_torchscript_file_is_refused(tmp_path):
     from openmmml import MLPotential
     with pytest.raises(ValueError, match="no so3krates metadata"):
         MLPotential("so3krates", modelPath=str(path))
+
+
+def test_mlmm_example_runs(tmp_path):
+    """examples/openmm_mlmm_water.py end to end (untrained model, 20 steps): createMixedSystem,
+    minimisation, Langevin dynamics on the CPU platform."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[1] / "examples" / "openmm_mlmm_water.py"
+    proc = subprocess.run([sys.executable, str(example), "--ps", "0.01", "--box", "2.0"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "9 so3krates, the rest TIP3P" in proc.stdout
+    assert "done: 0.01 ps" in proc.stdout
