@@ -11,7 +11,7 @@ import time
 from typing import Optional
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 
 from so3krates.md import MDResult, MDSettings
 
