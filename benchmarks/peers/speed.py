@@ -43,12 +43,12 @@ REFERENCE = "ours-export"
 class Worker:
     """A worker.py process in one venv; request() returns its answer or raises TimeoutError."""
 
-    def __init__(self, python, threads):
-        self.python, self.threads = str(python), threads
+    def __init__(self, python, threads, memory_gib):
+        self.python, self.threads, self.memory_gib = str(python), threads, memory_gib
         self.start()
 
     def start(self):
-        env = dict(os.environ, BENCH_THREADS=str(self.threads))
+        env = dict(os.environ, BENCH_THREADS=str(self.threads), BENCH_MEMORY_GIB=str(self.memory_gib))
         self.proc = subprocess.Popen([self.python, str(HERE / "worker.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=sys.stderr, text=True, env=env)
         self.info = self._read(300)
@@ -72,6 +72,9 @@ class Worker:
         except TimeoutError:
             self.start()  # a fresh worker for the next request
             raise
+        except RuntimeError as exc:  # the worker died (e.g. killed for memory): report, go on
+            self.start()
+            return {"ok": False, "error": str(exc)}
 
     def close(self):
         self.proc.stdin.close()
@@ -115,6 +118,8 @@ def main():
     ap.add_argument("--large", type=int, default=5000,
                     help="from this many atoms: 1 warm-up and 1 timed call per model; compute() for ours-export only")
     ap.add_argument("--cap-s", type=float, default=200.0, help="wall-clock cap of one request")
+    ap.add_argument("--memory-gib", type=float, default=9.0,
+                    help="private memory cap per worker; a model needing more is reported as out of memory")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads per evaluation (default 1: on the shared 2-core machine, 2 threads "
                          "were 5-20x noisier whenever other jobs ran)")
@@ -123,9 +128,9 @@ def main():
     if not PEERS_PYTHON.is_file() and any(m not in ("ours-eager", "ours-export") for m in args.models):
         sys.exit(f"{PEERS_PYTHON} is missing: run benchmarks/peers/setup.sh first")
     order = [m for m in ORDER if m in args.models]
-    workers = {"ours": Worker(sys.executable, args.threads)}
+    workers = {"ours": Worker(sys.executable, args.threads, args.memory_gib)}
     if any(not m.startswith("ours") for m in order):
-        workers["peers"] = Worker(PEERS_PYTHON, args.threads)
+        workers["peers"] = Worker(PEERS_PYTHON, args.threads, args.memory_gib)
     rows, last = [], {}
     started = time.time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -182,7 +187,7 @@ def main():
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": platform.node(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "threads": args.threads, "elapsed_s": round(time.time() - started, 1),
+        "cpu_count": os.cpu_count(), "threads": args.threads, "memory_cap_gib": args.memory_gib, "elapsed_s": round(time.time() - started, 1),
         "workers": {k: w.info for k, w in workers.items()},
         "versions": peer_versions(),
         "method": ("ms per energy+forces(+stress if periodic) through each model's ASE calculator, neighbour "
