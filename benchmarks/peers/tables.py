@@ -14,7 +14,8 @@ HERE = Path(__file__).resolve().parent
 def speed_table(data):
     rows = data["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
-    lines = [f"Command: `{data['command']}` ({data['date']}, {data['threads']} thread(s), {data['elapsed_s']} s)", "",
+    cap = f", memory cap {data['memory_cap_gib']} GiB per worker" if data.get("memory_cap_gib") else ""
+    lines = [f"Command: `{data['command']}` ({data['date']}, {data['threads']} thread(s){cap}, {data['elapsed_s']} s)", "",
              "| system | atoms | dtype | " + " | ".join(models) + " | ours compute() |",
              "|---|---:|---|" + "---:|" * (len(models) + 1)]
     keys = list(dict.fromkeys((r["system"], r["atoms"], r["dtype"]) for r in rows))
@@ -23,7 +24,9 @@ def speed_table(data):
         for m in models:
             r = next(x for x in rows if (x["system"], x["dtype"], x["model"]) == (system, dtype, m))
             if r["ase_ms"] is None:
-                cells.append(r["status"].split(":")[0])
+                status = r["status"]
+                cells.append("out of memory" if "allocate memory" in status or "rc -9" in status
+                             else status.split(":")[0])
             else:
                 ratio = r.get("ratio_to_ours_export")
                 cells.append(f"{r['ase_ms']:.1f}" + (f" ({ratio:.2f}x)" if ratio and m != "ours-export" else ""))
@@ -56,10 +59,11 @@ def main():
     ap.add_argument("--results", default=str(HERE.parent / "results"))
     args = ap.parse_args()
     folder = Path(args.results)
-    for name, render in (("peers_speed.json", speed_table), ("peers_accuracy.json", accuracy_table)):
-        path = folder / name
-        if path.is_file():
-            print(f"### {name}\n\n{render(json.loads(path.read_text()))}\n")
+    for path in sorted(folder.glob("peers_speed*.json")):
+        print(f"### {path.name}\n\n{speed_table(json.loads(path.read_text()))}\n")
+    path = folder / "peers_accuracy.json"
+    if path.is_file():
+        print(f"### {path.name}\n\n{accuracy_table(json.loads(path.read_text()))}\n")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,10 @@ def main():
             result = run(json.loads(line), cache)
         except Exception as exc:  # report, keep serving
             traceback.print_exc()
-            result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500]}
+            text = f"{type(exc).__name__}: {exc}"
+            if "can't allocate memory" in text:  # TorchScript wraps the allocator's message deep inside
+                text = "out of memory (over the worker's memory cap): " + text[text.index("can't allocate"):]
+            result = {"ok": False, "error": text[:500]}
         answer.write(json.dumps(result) + "\n")
         answer.flush()
 
