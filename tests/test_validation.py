@@ -50,9 +50,9 @@ def test_md_cli_writes_consistent_log_and_trajectory(models, tmp_path):
     assert frames[1].get_potential_energy() == pytest.approx(float(rows[2]["potential_eV"]), abs=1e-8)
 
 
-def run_validate(model, engines, tmp_path, *extra):
+def run_validate(model, engines, tmp_path, *extra, steps=200):
     report = tmp_path / "report.json"
-    proc = subprocess.run(CLI + ["validate", str(model), "ethanol", "--engines", engines, "--steps", "200",
+    proc = subprocess.run(CLI + ["validate", str(model), "ethanol", "--engines", engines, "--steps", str(steps),
                                  "--json", str(report), "--quiet", *extra], capture_output=True, text=True)
     return proc, json.loads(report.read_text())
 
@@ -99,3 +99,27 @@ def test_validate_periodic_water_reports_the_virial(tmp_path):
     assert report["periodic"] is True
     assert report["step0"]["lammps"]["max_abs_dvirial_meV"] < 1e-5
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def trained_ethanol(tmp_path_factory):
+    """A tiny model trained for ~25 s on GFN2-xTB ethanol: stiff bonds, as real models have."""
+    from so3krates.cli import main as cli
+    folder = tmp_path_factory.mktemp("trained")
+    data = folder / "ethanol.xyz"
+    assert cli(["sample", "ethanol", "-o", str(data), "--method", "gfn2-xtb", "--temperature", "500",
+                "--frames", "100", "--stride", "10", "--seed", "1"]) == 0
+    assert cli(["train", "--train", str(data), "--out", str(folder / "run"), "--preset", "tiny", "--max-time", "25s",
+                "--lr", "5e-3", "--warmup-steps", "10", "--seed", "0", "--quiet"]) == 0
+    export_model(folder / "run" / "best.ckpt", folder / "ethanol.pt", "float64")
+    return folder / "ethanol.pt"
+
+
+def test_validate_fails_when_the_time_step_is_far_too_large(trained_ethanol, tmp_path):
+    # 1 ps at 0.5 fs conserves energy (a drift fit needs a run much longer than a vibration period)
+    ok, report = run_validate(trained_ethanol, "ase,openmm", tmp_path, "--timestep", "0.5", steps=2000)
+    assert ok.returncode == 0, ok.stdout
+    bad, report = run_validate(trained_ethanol, "ase,openmm", tmp_path, "--timestep", "4")
+    assert bad.returncode == 1
+    assert any("time step is too large" in f for f in report["failures"]), report["failures"]
+    assert report["nve"]["openmm"]["fluctuation_to_kinetic_ratio"] > 0.05
