@@ -19,6 +19,7 @@ import platform
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from so3krates.allocator import is_preloaded, reexec_with_tcmalloc
 from so3krates.export import export_model, load_exported
 from so3krates.lammps_pair import lmp_command, plugin_path
 from so3krates.lammps_pair.runtime import subprocess_env
@@ -77,6 +79,8 @@ def bare_model_time(module, atoms, steps: int) -> float:
 
 
 def main():
+    # The bare model here and the lmp processes must run on the same allocator (so3krates/allocator.py).
+    reexec_with_tcmalloc(sys.argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
@@ -128,7 +132,7 @@ def main():
     Path(args.out).write_text(json.dumps({
         "command": "python benchmarks/lammps_scaling.py --preset {} --dtype {} --sizes {}".format(
             args.preset, args.dtype, " ".join(map(str, args.sizes))),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "allocator": "tcmalloc" if is_preloaded() else "glibc",
         "machine": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "preset": args.preset, "dtype": args.dtype, "threads_per_rank": 1,
         "wall_time_s": time.perf_counter() - started,

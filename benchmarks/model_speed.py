@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from ase.build import molecule
 
+from so3krates.allocator import is_preloaded, reexec_with_tcmalloc
 from so3krates.export import export_model, load_exported
 from so3krates.model import So3krates
 from so3krates.model.config import preset
@@ -66,6 +68,8 @@ def time_model(module, atoms, repeat):
 
 
 def main():
+    # The bare model here and the lmp processes must run on the same allocator (so3krates/allocator.py).
+    reexec_with_tcmalloc(sys.argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default")
     ap.add_argument("--sizes", type=int, nargs="+", default=[9, 100, 1000, 10000])
@@ -94,7 +98,7 @@ def main():
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
         "command": "python benchmarks/model_speed.py " + " ".join(f"--{k} {v}" for k, v in vars(args).items() if k != "out"),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "allocator": "tcmalloc" if is_preloaded() else "glibc", "machine": platform.node(),
         "cpu_count": os.cpu_count(), "threads": args.threads, "preset": args.preset, "rows": rows}, indent=1))
 
 

@@ -14,6 +14,8 @@ from importlib import metadata, resources
 from pathlib import Path
 from typing import List, Optional
 
+from so3krates.allocator import with_tcmalloc
+
 PLUGIN_FILE = "so3krates-lammps-plugin.so"
 PLUGIN_ENV = "SO3KRATES_LAMMPS_PLUGIN"    # overrides the search, e.g. for a plugin built by hand
 _mpi_handle = None
@@ -95,8 +97,9 @@ def lmp_command(ranks: int = 1) -> List[str]:
 
 
 def subprocess_env() -> dict:
-    """Environment for `lmp` runs: libmpi on the library path."""
-    env = dict(os.environ)
+    """Environment for `lmp` runs: libmpi on the library path, tcmalloc preloaded when available
+    (so3krates/allocator.py)."""
+    env = with_tcmalloc(dict(os.environ))
     lib = str(mpi_library().parent)
     env["LD_LIBRARY_PATH"] = lib + (":" + env["LD_LIBRARY_PATH"] if env.get("LD_LIBRARY_PATH") else "")
     return env

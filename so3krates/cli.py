@@ -51,5 +51,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 1
 
 
-if __name__ == "__main__":
+def entry() -> None:
+    """The `so3krates` console script: preload tcmalloc when the system has it (see allocator.py)."""
+    from so3krates.allocator import reexec_with_tcmalloc
+    reexec_with_tcmalloc(["-m", "so3krates.cli", *sys.argv[1:]])
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,88 @@
+"""glibc malloc against tcmalloc for one energy+forces evaluation of the exported model.
+
+Each (allocator, size) runs in a fresh process (an allocator is chosen at process start), the two
+allocators interleaved size by size; per process: `repeat` calls after one warm-up, fastest kept,
+with the user and system CPU time, minor page faults and peak RSS of that process.
+
+    python benchmarks/allocator.py --sizes 1000 5000 10000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def worker(n: int, preset_name: str, dtype: str, repeat: int) -> dict:
+    import torch
+    from so3krates.model.config import preset
+    from so3krates.model.network import So3krates
+    from so3krates.model.potential import Potential
+    from so3krates.structures import water_box
+    torch.set_num_threads(1)
+    module = torch.jit.script(Potential(So3krates(preset(preset_name, elements=[1, 8], dtype=dtype))))
+    atoms = water_box(max(n // 3, 1))
+    args = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
+            torch.tensor([True, True, True]))
+    module.compute(*args)
+    best = None
+    for _ in range(repeat):
+        r0, t0 = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+        module.compute(*args)
+        t1, r1 = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+        row = {"ms": 1e3 * (t1 - t0), "user_ms": 1e3 * (r1.ru_utime - r0.ru_utime),
+               "sys_ms": 1e3 * (r1.ru_stime - r0.ru_stime), "page_faults": r1.ru_minflt - r0.ru_minflt}
+        best = row if best is None or row["ms"] < best["ms"] else best
+    best.update(atoms=len(atoms), us_per_atom=1e3 * best["ms"] / len(atoms),
+                peak_rss_MB=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return best
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 10000])
+    p.add_argument("--preset", default="default")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "allocator.json"))
+    p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.preset, args.dtype, args.repeat)))
+        return 0
+    from so3krates.allocator import OPT_OUT, tcmalloc_library, with_tcmalloc
+    if tcmalloc_library() is None:
+        print("skipped: no tcmalloc on this system (Debian: apt-get install libtcmalloc-minimal4)")
+        return 0
+    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    envs = {"glibc": {**base, OPT_OUT: "0"}, "tcmalloc": with_tcmalloc(base)}
+    rows = []
+    print(f"{'atoms':>6} {'allocator':>9} {'ms':>9} {'us/atom':>8} {'user ms':>8} {'sys ms':>8} {'faults':>9} "
+          f"{'peak MB':>8}", flush=True)
+    for n in args.sizes:
+        for name, env in envs.items():
+            cmd = [sys.executable, __file__, "--worker", str(n), "--preset", args.preset, "--dtype", args.dtype,
+                   "--repeat", str(args.repeat)]
+            r = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
+            r["allocator"] = name
+            rows.append(r)
+            print(f"{r['atoms']:6d} {name:>9} {r['ms']:9.0f} {r['us_per_atom']:8.0f} {r['user_ms']:8.0f} "
+                  f"{r['sys_ms']:8.0f} {r['page_faults']:9d} {r['peak_rss_MB']:8.0f}", flush=True)
+    result = {"command": "python benchmarks/allocator.py " + " ".join(sys.argv[1:]),
+              "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{os.cpu_count()} cores, 1 torch thread",
+              "load_average_end": list(os.getloadavg()), "preset": args.preset, "dtype": args.dtype,
+              "tcmalloc": tcmalloc_library(), "rows": rows}
+    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
