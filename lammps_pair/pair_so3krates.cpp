@@ -13,6 +13,7 @@
 #include "update.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/version.h>
 
 #include <algorithm>
@@ -390,6 +391,9 @@ void PairSo3krates::compute(int eflag, int vflag)
                                   static_cast<int64_t>(num_owned), true, want_virial};
   c10::IValue result;
   try {
+    // The graph executor's autodiff-subgraph optimisation makes compute() (which differentiates
+    // inside the graph) about 1.4x slower than the plain interpreter; off for this call only.
+    torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
     result = model.get_method("compute")(inputs);
   } catch (const std::exception &e) {
     error->one(FLERR, "pair_style so3krates: the model failed on {} atoms ({} owned): {}", n, num_owned,

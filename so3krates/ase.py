@@ -56,10 +56,13 @@ class So3kratesCalculator(Calculator):
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         i, j, shifts = self._pairs(positions, cell, pbc)
         dev = self.device
-        out = self.model.compute(
-            torch.from_numpy(positions).to(dev), torch.from_numpy(atoms.numbers.astype(np.int64)).to(dev),
-            None, None, torch.stack([torch.from_numpy(i), torch.from_numpy(j)]).to(dev),
-            torch.from_numpy(shifts).to(dev), -1, True, bool(pbc.all()))
+        # TorchScript's graph-executor optimisation (autodiff subgraphs) makes compute(), which
+        # differentiates inside the graph, about 1.4x slower than the plain interpreter.
+        with torch.jit.optimized_execution(False):
+            out = self.model.compute(
+                torch.from_numpy(positions).to(dev), torch.from_numpy(atoms.numbers.astype(np.int64)).to(dev),
+                None, None, torch.stack([torch.from_numpy(i), torch.from_numpy(j)]).to(dev),
+                torch.from_numpy(shifts).to(dev), -1, True, bool(pbc.all()))
         energy = float(out["energy"].detach().sum())
         self.results = {
             "energy": energy,
