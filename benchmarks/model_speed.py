@@ -68,7 +68,7 @@ def time_model(module, atoms, repeat):
 
 
 def main():
-    # The bare model here and the lmp processes must run on the same allocator (so3krates/allocator.py).
+    # Time the model with the allocator the so3krates command uses (so3krates/allocator.py).
     reexec_with_tcmalloc(sys.argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default")
