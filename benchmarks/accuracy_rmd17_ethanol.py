@@ -5,6 +5,11 @@ after the given minutes, evaluates each on ethanol_reduced_100_kcal.xyz (a disjo
 and writes benchmarks/results/accuracy_rmd17_ethanol.json.
 
     python benchmarks/accuracy_rmd17_ethanol.py --minutes 10 30 60
+
+A longer run continues the same one (same weights, optimizer, scheduler and RNG state) and
+evaluates every snapshot, old and new:
+
+    python benchmarks/accuracy_rmd17_ethanol.py --minutes 10 30 60 90 120 150 --out RUN --resume
 """
 from __future__ import annotations
 
@@ -33,20 +38,25 @@ def main() -> int:
     p.add_argument("--out", help="run folder (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2, the machine's cores)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out up to the largest --minutes")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy_rmd17_ethanol.json"))
     args = p.parse_args()
     train_file, test_file = DATA / "train.xyz", DATA / "ethanol_reduced_100_kcal.xyz"
     if not train_file.is_file() or not test_file.is_file():
         print(f"skipped: {DATA} does not hold train.xyz and ethanol_reduced_100_kcal.xyz")
         return 0
+    if args.resume and not args.out:
+        p.error("--resume needs --out, the run folder to continue")
     out = Path(args.out or tempfile.mkdtemp(prefix="so3krates_rmd17_"))
     times = sorted(60.0 * m for m in args.minutes)
     options = TrainOptions(train=str(train_file), out=str(out), valid_fraction=50 / 1000, preset=args.preset,
-                           max_time=times[-1], seed=args.seed, threads=args.threads, progress=False, snapshot_times=times)
+                           max_time=times[-1], seed=args.seed, threads=args.threads, progress=False, snapshot_times=times,
+                           resume=args.resume)
     started = time.perf_counter()
     train(options)
     wall = time.perf_counter() - started
-    history = torch.load(out / "last.ckpt", weights_only=True)["training"]["history"]
+    state = torch.load(out / "last.ckpt", weights_only=True)["training"]
+    history = state["history"]
     throughput = [r["train_structures_per_s"] for r in history]
     rows = []
     for t in times:
@@ -64,7 +74,8 @@ def main() -> int:
                                                     "warmup_steps", "ema_decay", "dtype")},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
                    f"{torch.get_num_threads()}",
-        "epochs": len(history), "training_wall_s": round(wall, 1),
+        "epochs": len(history), "training_wall_s": round(wall, 1), "resumed": args.resume,
+        "training_s_total": round(float(state["elapsed_s"]), 1),
         "train_structures_per_s_median": sorted(throughput)[len(throughput) // 2] if throughput else None,
         "results": rows, "run_folder": str(out),
     }

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+from so3krates.model.radial_table import DEFAULT_POINTS
+
 from .exporter import export_model, read_metadata
 
 
@@ -11,6 +13,9 @@ def register(subparsers) -> None:
     p.add_argument("checkpoint", help="checkpoint written by `so3krates train` (best.ckpt)")
     p.add_argument("-o", "--output", required=True, help="output model file, e.g. model.pt")
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
+    p.add_argument("--radial-table", type=int, default=DEFAULT_POINTS, metavar="POINTS",
+                   help=f"tabulate the radial filters on POINTS distances (default {DEFAULT_POINTS}; "
+                        "0: exact filters, about 1.6x slower)")
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("info", help="print the metadata of an exported model")
@@ -20,9 +25,10 @@ def register(subparsers) -> None:
 
 
 def _export(args) -> int:
-    meta = export_model(args.checkpoint, args.output, dtype=args.dtype)
+    meta = export_model(args.checkpoint, args.output, dtype=args.dtype, radial_table=args.radial_table)
     print(f"wrote {args.output}: elements {meta['elements']}, cutoff {meta['cutoff_A']} A, "
-          f"{meta['num_layers']} layers (interaction range {meta['interaction_range_A']} A), {meta['dtype']}")
+          f"{meta['num_layers']} layers (interaction range {meta['interaction_range_A']} A), {meta['dtype']}, "
+          f"radial filters {_radial(meta)}")
     return 0
 
 
@@ -43,6 +49,7 @@ def _info(args) -> int:
         ("interaction range", f"{meta['interaction_range_A']} A"),
         ("units", f"{meta['length_unit']}, {meta['energy_unit']}"),
         ("dtype", meta["dtype"]),
+        ("radial filters", _radial(meta)),
         ("created", meta.get("provenance", {}).get("created", "?")),
     ]
     if "training_data_sha256" in meta.get("provenance", {}):
@@ -51,3 +58,8 @@ def _info(args) -> int:
     for k, v in rows:
         print(f"{k:<{width}}  {v}")
     return 0
+
+
+def _radial(meta) -> str:
+    radial = meta.get("radial_filters", {"kind": "exact"})
+    return f"{radial['kind']} ({radial['points']} points)" if "points" in radial else radial["kind"]

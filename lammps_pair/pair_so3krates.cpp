@@ -187,6 +187,10 @@ void PairSo3krates::load_model(const std::string &path)
     interaction_range = meta.at("interaction_range_A").get<double>();
     num_layers = meta.at("num_layers").get<int>();
     model_elements = meta.at("elements").get<std::vector<int>>();
+    model_radial = "exact";
+    if (meta.contains("radial_filters") && meta["radial_filters"].contains("points"))
+      model_radial = fmt::format("{} ({} points)", meta["radial_filters"].value("kind", std::string("table")),
+                                 meta["radial_filters"]["points"].get<int>());
   } catch (const std::exception &e) {
     error->all(FLERR, "pair_coeff: the so3krates metadata in '{}' is unreadable ({}); re-export the model: {}",
                path, e.what(), EXPORT_HINT);
@@ -224,9 +228,11 @@ void PairSo3krates::log_model(const std::vector<std::string> &type_names)
                  "  model              so3krates {}, format {}, elements{}\n"
                  "  cutoff             {} A, {} layer(s), interaction range {} A\n"
                  "  dtype, device      {}, cpu\n"
+                 "  radial filters     {}\n"
                  "  LAMMPS type -> element\n{}",
                  SO3KRATES_PLUGIN_VERSION, SO3KRATES_LAMMPS_VERSION, TORCH_VERSION, model_path, model_version,
-                 model_format, known, cutoff, num_layers, interaction_range, model_dtype_name, table);
+                 model_format, known, cutoff, num_layers, interaction_range, model_dtype_name, model_radial,
+                 table);
 }
 
 /* ---------------------------------------------------------------------- */

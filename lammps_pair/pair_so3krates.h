@@ -38,7 +38,7 @@ class PairSo3krates : public Pair {
   // the model and what its metadata says
   torch::jit::Module model;
   bool model_loaded;
-  std::string model_path, model_version, model_dtype_name;
+  std::string model_path, model_version, model_dtype_name, model_radial;
   int model_format;
   torch::Dtype model_dtype;
   double cutoff, interaction_range;

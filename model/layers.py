@@ -12,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn import functional as fn
 
+from .radial_table import lookup
+
 
 class DegreeContraction(nn.Module):
     """c_l(v) = sum_m v_lm^2 / sqrt(2l + 1): the only way Euclidean variables become invariant."""
@@ -34,7 +36,9 @@ class DegreeContraction(nn.Module):
 
 
 class FilterNet(nn.Module):
-    """w_ij = Lin_F->F(silu(Lin_K->F(rbf_ij))) + Lin_F/4->F(silu(Lin_nD->F/4(c(ev_j - ev_i))))."""
+    """w_ij = Lin_F->F(silu(Lin_K->F(rbf_ij))) + Lin_F/4->F(silu(Lin_nD->F/4(c(ev_j - ev_i)))).
+
+    An exported model reads the radial branch from a table (`tabulated`, see radial_table)."""
 
     def __init__(self, num_rbf: int, num_degrees: int, features: int):
         super().__init__()
@@ -42,10 +46,19 @@ class FilterNet(nn.Module):
         self.radial_out = nn.Linear(features, features)
         self.spherical_in = nn.Linear(num_degrees, features // 4)
         self.spherical_out = nn.Linear(features // 4, features)
+        self.tabulated = False
+        self.register_buffer("table", torch.zeros(0, features), persistent=False)
 
-    def forward(self, rbf: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        return (self.radial_out(fn.silu(self.radial_in(rbf)))
-                + self.spherical_out(fn.silu(self.spherical_in(delta))))
+    def radial(self, rbf: torch.Tensor) -> torch.Tensor:
+        return self.radial_out(fn.silu(self.radial_in(rbf)))
+
+    def forward(self, rbf: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor,
+                delta: torch.Tensor) -> torch.Tensor:
+        if self.tabulated:
+            radial = lookup(self.table, rows, weights)
+        else:
+            radial = self.radial(rbf)
+        return radial + self.spherical_out(fn.silu(self.spherical_in(delta)))
 
 
 class InvariantAttention(nn.Module):
@@ -151,17 +164,18 @@ class EuclideanTransformerLayer(nn.Module):
         self.norm_out = nn.LayerNorm(features) if layer_norm else nn.Identity()
         self.mlp = ResidualMLP(features) if residual_mlp else nn.Identity()
 
-    def forward(self, x: torch.Tensor, ev: torch.Tensor, rbf: torch.Tensor, phi: torch.Tensor,
-                sh: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, contract: torch.Tensor,
+    def forward(self, x: torch.Tensor, ev: torch.Tensor, rbf: torch.Tensor, rows: torch.Tensor,
+                weights: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, contract: torch.Tensor,
                 expand: torch.Tensor, parity: torch.Tensor, mirrored: bool):
         """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
         are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
         costly filter nets run once per pair. contract (S, n_D), expand (n_D, S) and parity (S,)
-        come from the network."""
+        come from the network; rbf is empty for a tabulated model, which reads the table rows
+        and Hermite weights instead."""
         diff = ev.index_select(0, idx_j) - ev.index_select(0, idx_i)
         delta = (diff * diff) @ contract                                           # (E, n_D)
-        w_inv = self.filter_inv(rbf, delta)
-        w_ev = self.filter_ev(rbf, delta)
+        w_inv = self.filter_inv(rbf, rows, weights, delta)
+        w_ev = self.filter_ev(rbf, rows, weights, delta)
         dx = self.invariant_attention(x, w_inv, phi, idx_i, idx_j, mirrored)
         dev = self.euclidean_attention(x, w_ev, phi, sh, expand, parity, idx_i, idx_j, mirrored)
         x = self.norm_attention(x + dx)

@@ -1,6 +1,7 @@
 """SO3krates: embedding -> T Euclidean transformer layers -> per-atom energy head."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -10,6 +11,7 @@ from torch.nn import functional as fn
 from .config import So3kratesConfig
 from .layers import DegreeContraction, EuclideanTransformerLayer
 from .radial import CutoffFunction, RadialBasis
+from .radial_table import DEFAULT_POINTS, grid, hermite_table, hermite_weights
 from .spherical_harmonics import SphericalHarmonics
 
 
@@ -55,7 +57,28 @@ class So3krates(nn.Module):
         # E_i = s_Z e_i + mu_Z; mu fitted by least squares (or isolated atoms) at training time.
         self.register_buffer("energy_scale", torch.ones(len(config.elements), dtype=torch.float64))
         self.register_buffer("energy_shift", torch.zeros(len(config.elements), dtype=torch.float64))
+        self.tabulated = False
+        self.table_points = 0
         self.to(getattr(torch, config.dtype))
+
+    @torch.jit.ignore
+    def tabulate_radial_filters(self, num_points: int = DEFAULT_POINTS) -> None:
+        """Replace the radial branch of every filter net by a cubic Hermite table on num_points
+        distances over [0, r_c], built in float64 from the current weights (inference only:
+        the weights no longer act on the radial branch)."""
+        if num_points < 16:
+            raise ValueError(f"a radial table needs at least 16 points, got {num_points}")
+        exact = copy.deepcopy(self).double()
+        r = grid(self.cutoff, num_points)
+        with torch.no_grad():
+            for layer, reference in zip(self.layers, exact.layers):
+                for target, source in ((layer.filter_inv, reference.filter_inv),
+                                       (layer.filter_ev, reference.filter_ev)):
+                    table = hermite_table(lambda d: source.radial(exact.radial_basis(d)), r)
+                    target.table = table.to(target.radial_out.weight.dtype)
+                    target.tabulated = True
+        self.tabulated = True
+        self.table_points = num_points
 
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
                 species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
@@ -67,13 +90,18 @@ class So3krates(nn.Module):
         """
         r = torch.linalg.norm(vectors, dim=-1)
         u = vectors / r.unsqueeze(-1)
-        rbf = self.radial_basis(r)
+        if self.tabulated:
+            rows, weights = hermite_weights(r, self.cutoff, self.table_points)
+            rbf = r.new_zeros((0, 0))
+        else:
+            rbf = self.radial_basis(r)
+            rows, weights = torch.zeros((0, 4), dtype=torch.long, device=r.device), r.new_zeros((0, 4))
         phi = self.cutoff_function(r)
         sh = self.spherical_harmonics(u)
         x = self.embedding(species)
         ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
         for layer in self.layers:
-            x, ev = layer(x, ev, rbf, phi, sh, idx_i, idx_j, self.contraction.contract,
+            x, ev = layer(x, ev, rbf, rows, weights, phi, sh, idx_i, idx_j, self.contraction.contract,
                           self.contraction.expand, self.parity, half_list)
         e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
         # Atomic energies are accumulated in float64 even for float32 models: the element shifts

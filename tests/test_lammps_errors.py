@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from so3krates.export import export_model
+from so3krates.model.radial_table import DEFAULT_POINTS
 from so3krates.lammps_pair import lmp_command, plugin_path
 from so3krates.lammps_pair.runtime import subprocess_env
 from so3krates.lammps_pair.system import lammps_system, write_data
@@ -48,6 +49,7 @@ def test_good_input_runs(workdir):
     proc = run_input(workdir, "pair_style so3krates\npair_coeff * * model.pt H O")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "LAMMPS type -> element" in proc.stdout and "interaction range" in proc.stdout
+    assert f"radial filters     cubic Hermite table ({DEFAULT_POINTS} points)" in proc.stdout
 
 
 @pytest.mark.parametrize("body, units, newton, phrases", [

@@ -1,4 +1,5 @@
 """The network and potential: symmetries, gradients, smoothness, periodicity, export, bad input."""
+import copy
 import json
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from so3krates.export import NotASo3kratesModel, export_model, load_exported, re
 from so3krates.model import Potential, So3krates
 from so3krates.model.checkpoint import load_checkpoint, network_from_checkpoint, save_checkpoint
 from so3krates.model.config import preset
+from so3krates.model.radial_table import DEFAULT_POINTS
 
 
 def random_network(dtype="float64", seed=0, **overrides):
@@ -126,9 +128,12 @@ def test_stress_is_the_strain_derivative():
     np.testing.assert_allclose(stress, fd, rtol=1e-6, atol=1e-11)
 
 
-@pytest.mark.parametrize("cutoff_function", ["physnet", "cosine"])
-def test_energy_and_forces_continuous_across_the_cutoff(cutoff_function):
-    pot = Potential(random_network(cutoff_function=cutoff_function))
+@pytest.mark.parametrize("cutoff_function,radial_table", [("physnet", 0), ("cosine", 0), ("physnet", DEFAULT_POINTS)])
+def test_energy_and_forces_continuous_across_the_cutoff(cutoff_function, radial_table):
+    net = random_network(cutoff_function=cutoff_function)
+    if radial_table:
+        net.tabulate_radial_filters(radial_table)
+    pot = Potential(net)
     rc = pot.cutoff
     # A water molecule and an H atom approaching its O along x: only that O-H distance crosses r_c.
     water = molecule("H2O")
@@ -169,11 +174,15 @@ def test_builtin_neighbour_search_matches_vesin_calculator(potential):
 
 
 @pytest.mark.parametrize("dtype,tol", [("float64", 1e-12), ("float32", 1e-5)])
-def test_exported_file_reproduces_the_eager_model(tmp_path, ethanol, dtype, tol):
+@pytest.mark.parametrize("radial_table", [0, DEFAULT_POINTS])
+def test_exported_file_reproduces_the_eager_model(tmp_path, ethanol, dtype, tol, radial_table):
     net = random_network(dtype=dtype)
     path = tmp_path / "model.pt"
-    export_model(net, path, dtype=dtype)
+    export_model(net, path, dtype=dtype, radial_table=radial_table)
     exported, meta = load_exported(path)
+    if radial_table:
+        net = copy.deepcopy(net)
+        net.tabulate_radial_filters(radial_table)
     eager = Potential(net)
     for atoms in (ethanol, water_box()):
         a = evaluate(eager, atoms)
@@ -183,6 +192,38 @@ def test_exported_file_reproduces_the_eager_model(tmp_path, ethanol, dtype, tol)
         scale = float(a["forces"].abs().max())
         assert float((a["forces"] - b["forces"]).abs().max()) <= tol * scale
     assert meta["dtype"] == dtype
+    assert meta["radial_filters"] == ({"kind": "cubic Hermite table", "points": radial_table} if radial_table
+                                      else {"kind": "exact"})
+
+
+def test_radial_table_converges_to_the_exact_filters_at_fourth_order(ethanol):
+    """The force error of the table falls like h^3 (cubic through values and exact derivatives at
+    the grid points); a wrong derivative would leave h^2 or worse. At the export default it is
+    below float32 round-off, and the tabulated forces are minus the gradient of the tabulated
+    energy."""
+    net = random_network()
+    atoms = water_box()
+    exact = evaluate(Potential(net), atoms)
+    scale = float(exact["forces"].abs().max())
+    error = {}
+    for points in (128, 256, DEFAULT_POINTS):
+        tabulated = copy.deepcopy(net)
+        tabulated.tabulate_radial_filters(points)
+        out = evaluate(Potential(tabulated), atoms)
+        error[points] = float((out["forces"] - exact["forces"]).abs().max()) / scale
+        assert abs(float(out["energy"] - exact["energy"])) < 1e3 * error[points] * scale
+    assert error[128] / error[256] > 6, error
+    assert error[DEFAULT_POINTS] < 1e-7, error
+    pot = Potential(tabulated)
+    forces = evaluate(pot, ethanol)["forces"].numpy()
+    direction = np.random.default_rng(2).normal(size=forces.shape)
+    h, e = 1e-4, {}
+    for k in (-2, -1, 1, 2):
+        moved = ethanol.copy()
+        moved.positions += k * h * direction
+        e[k] = float(evaluate(pot, moved)["energy"])
+    slope = (e[-2] - 8 * e[-1] + 8 * e[1] - e[2]) / (12 * h)
+    assert slope == pytest.approx(-float((forces * direction).sum()), rel=1e-6)
 
 
 def test_checkpoint_loads_with_weights_only_and_exports(tmp_path):
