@@ -165,13 +165,13 @@ class EuclideanTransformerLayer(nn.Module):
         self.mlp = ResidualMLP(features) if residual_mlp else nn.Identity()
 
     def forward(self, x: torch.Tensor, ev: torch.Tensor, rbf: torch.Tensor, rows: torch.Tensor,
-                weights: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, contract: torch.Tensor,
-                expand: torch.Tensor, parity: torch.Tensor, mirrored: bool):
+                weights: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor, idx_i: torch.Tensor,
+                idx_j: torch.Tensor, contract: torch.Tensor, expand: torch.Tensor, parity: torch.Tensor, mirrored: bool):
         """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
         are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
         costly filter nets run once per pair. contract (S, n_D), expand (n_D, S) and parity (S,)
-        come from the network; rbf is empty for a tabulated model, which reads the table rows
-        and Hermite weights instead."""
+        come from the network; rbf is empty for a tabulated model, which reads its table cells
+        instead (rows and weights from radial_table.hermite_weights)."""
         diff = ev.index_select(0, idx_j) - ev.index_select(0, idx_i)
         delta = (diff * diff) @ contract                                           # (E, n_D)
         w_inv = self.filter_inv(rbf, rows, weights, delta)

@@ -64,8 +64,8 @@ class So3krates(nn.Module):
     @torch.jit.ignore
     def tabulate_radial_filters(self, num_points: int = DEFAULT_POINTS) -> None:
         """Replace the radial branch of every filter net by a cubic Hermite table on num_points
-        distances over [0, r_c], built in float64 from the current weights (inference only:
-        the weights no longer act on the radial branch)."""
+        distances over [0, r_c], built in float64 from the current weights. For export only:
+        training would no longer reach the radial weights, and checkpoints do not store tables."""
         if num_points < 16:
             raise ValueError(f"a radial table needs at least 16 points, got {num_points}")
         exact = copy.deepcopy(self).double()
