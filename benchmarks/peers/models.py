@@ -4,7 +4,8 @@ Each builder imports its own package lazily: ours lives in /work/main/.venv, the
 benchmarks/peers/.venv, and one worker process per venv builds only the models it can import.
 
 Names:
-  ours-eager, ours-export      so3krates Potential / exported TorchScript, SO3LR-sized config
+  ours-eager, ours-export      so3krates Potential (exact filters) / exported TorchScript (the
+                               export default: tabulated radial filters), SO3LR-sized config
                                (F 128, degrees 1-4, 3 layers, 4 heads, 4.5 A, 32 Bernstein, PhysNet
                                cutoff); our "default" preset is checked to be the same architecture
   so3krates-torch              so3krates_torch.modules.models.So3krates with the same settings
