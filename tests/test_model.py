@@ -247,7 +247,11 @@ def test_checkpoint_loads_with_weights_only_and_exports(tmp_path):
     assert meta["elements"] == [1, 6, 8] and meta["dtype"] == "float32"
     assert meta["interaction_range_A"] == pytest.approx(meta["num_layers"] * meta["cutoff_A"])
     assert meta["provenance"]["training_data_sha256"] == "ab" * 32
+    assert meta["radial_filters"] == {"kind": "cubic Hermite table", "points": DEFAULT_POINTS}
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "temporary files left behind"
+    bad = subprocess.run([sys.executable, "-m", "so3krates.cli", "export", str(ckpt), "-o", str(tmp_path / "x.pt"),
+                          "--radial-table", "8"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "at least 16 grid points" in bad.stderr, bad.stderr[-500:]
 
 
 def test_file_without_metadata_is_refused(tmp_path):
