@@ -59,7 +59,7 @@ def export_model(source, output: str | os.PathLike, dtype: str = "float64",
                  provenance: Optional[Dict[str, Any]] = None, radial_table: int = DEFAULT_POINTS) -> Dict[str, Any]:
     """Export a checkpoint path, a checkpoint dict or a So3krates network to ONE TorchScript file.
 
-    radial_table: grid points of the tabulated radial filters (model/radial_table.py; 1.6x
+    radial_table: grid points of the tabulated radial filters (model/radial_table.py; 1.5x
     faster; force error below 1e-7 of the largest force at the default); 0 keeps the exact radial branch."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
