@@ -181,11 +181,20 @@ def main():
                 for r in rows[-len(order):]:
                     r["ratio_to_ours_export"] = r["ase_ms"] / ref if ref and r["ase_ms"] else None
                 print_block(rows[-len(order):], time.time() - started)
+                write_result(args, workers, rows, started, complete=False)
     for w in workers.values():
         w.close()
+    write_result(args, workers, rows, started, complete=True)
+    print(f"wrote {args.out}")
+
+
+def write_result(args, workers, rows, started, complete):
+    """Written after every block too, so a worker that dies (e.g. the kernel's OOM killer, which
+    the per-worker memory cap cannot prevent when the workers together exceed the machine) does
+    not lose what was measured before it."""
     result = {
         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "complete": complete,
         "machine": platform.node(), "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "threads": args.threads, "memory_cap_gib": args.memory_gib, "elapsed_s": round(time.time() - started, 1),
         "workers": {k: w.info for k, w in workers.items()},
@@ -199,7 +208,6 @@ def main():
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
-    print(f"wrote {args.out}")
 
 
 def print_block(rows, elapsed):

@@ -1,4 +1,4 @@
-"""Markdown tables from benchmarks/results/peers_speed.json and peers_accuracy.json.
+"""Markdown tables from benchmarks/results/peers_speed*.json and peers_accuracy*.json.
 
     python benchmarks/peers/tables.py [--results benchmarks/results]
 """
@@ -61,8 +61,7 @@ def main():
     folder = Path(args.results)
     for path in sorted(folder.glob("peers_speed*.json")):
         print(f"### {path.name}\n\n{speed_table(json.loads(path.read_text()))}\n")
-    path = folder / "peers_accuracy.json"
-    if path.is_file():
+    for path in sorted(folder.glob("peers_accuracy*.json")):
         print(f"### {path.name}\n\n{accuracy_table(json.loads(path.read_text()))}\n")
 
 
