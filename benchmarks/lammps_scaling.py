@@ -7,7 +7,8 @@ Water boxes (so3krates.structures.water_box, random-weight model: speed does not
 weights). Each rank and the bare model use ONE torch thread, so "2 ranks" uses both cores of a
 2-core machine. LAMMPS times are the loop time of a `run` after a warm-up `run` (TorchScript
 optimises on its first calls); the bare model is `module.compute` on the periodic box with its
-own neighbour search (what the pair style calls on one rank), median of the same number of calls.
+own neighbour search (what the pair style calls on one rank, and called as it calls it: with the
+graph executor's optimisation off), median of the same number of calls.
 Prints a table and writes benchmarks/results/lammps_scaling.json.
 """
 from __future__ import annotations
@@ -68,13 +69,15 @@ def lammps_time(model: Path, data: Path, symbols, ranks: int, steps: int, workdi
 def bare_model_time(module, atoms, steps: int) -> float:
     args = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
             torch.tensor(atoms.pbc))
-    for _ in range(WARMUP_STEPS + 1):
-        module.compute(*args)
-    times = []
-    for _ in range(steps):
-        start = time.perf_counter()
-        module.compute(*args)
-        times.append(time.perf_counter() - start)
+    # Called as the pair style calls it: graph-executor optimisation off (pair_so3krates.cpp).
+    with torch.jit.optimized_execution(False):
+        for _ in range(WARMUP_STEPS + 1):
+            module.compute(*args)
+        times = []
+        for _ in range(steps):
+            start = time.perf_counter()
+            module.compute(*args)
+            times.append(time.perf_counter() - start)
     return 1000 * statistics.median(times)
 
 
