@@ -11,7 +11,8 @@ cell, weighted by powers of the fractional position in the cell.
 The error is O(h^4) in the energy and O(h^3) in the forces. On the default grid (DEFAULT_POINTS
 over 4.5 A, h = 2.2 mA) the largest force error of a model trained on rMD17 ethanol is below
 1e-7 of the largest force, under float32 round-off (tests/test_model.py, docs/benchmarks.md).
-The table takes 4 (G - 1) F numbers per filter net: 25 MB for the default preset in float32.
+The table takes 4 (G - 1) F numbers per filter net; the six of the default preset add 24 MB to a
+float32 file.
 """
 from __future__ import annotations
 
