@@ -75,12 +75,13 @@ def main():
         return load_exported(path)[0], path.stat().st_size / 2**20
 
     errors = []
-    exact64, size_exact = exported(0, "float64")
-    reference = {name: run(exact64, atoms) for name, atoms in structures().items()}
+    exact64, _ = exported(0, "float64")
+    systems = structures()
+    reference = {name: run(exact64, atoms) for name, atoms in systems.items()}
     print(f"{'points':>7} {'structure':>10} {'max |dE| eV':>12} {'max |dF| eV/A':>14} {'/ max |F|':>10} {'file MB f64':>12}")
     for points in args.points:
         module, size = exported(points, "float64")
-        for name, atoms in structures().items():
+        for name, atoms in systems.items():
             out, ref = run(module, atoms), reference[name]
             d_f = float((out["forces"] - ref["forces"]).abs().max())
             row = {"points": points, "structure": name, "max_abs_energy_error_eV": abs(float(out["energy"] - ref["energy"])),
