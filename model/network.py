@@ -71,10 +71,10 @@ class So3krates(nn.Module):
         exact = copy.deepcopy(self).double()
         r = grid(self.cutoff, num_points)
         with torch.no_grad():
-            for layer, reference in zip(self.layers, exact.layers):
+            for t, (layer, reference) in enumerate(zip(self.layers, exact.layers)):
                 for target, source in ((layer.filter_inv, reference.filter_inv),
                                        (layer.filter_ev, reference.filter_ev)):
-                    table = hermite_table(lambda d: source.radial(exact.radial_basis(d)), r)
+                    table = hermite_table(lambda d: source.distance_part(exact.radial_basis(d), t == 0), r)
                     target.table = table.to(target.radial_out.weight.dtype)
                     target.tabulated = True
         self.tabulated = True
@@ -100,9 +100,9 @@ class So3krates(nn.Module):
         sh = self.spherical_harmonics(u)
         x = self.embedding(species)
         ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
-        for layer in self.layers:
+        for t, layer in enumerate(self.layers):
             x, ev = layer(x, ev, rbf, rows, weights, phi, sh, idx_i, idx_j, self.contraction.contract,
-                          self.contraction.expand, self.parity, half_list)
+                          self.contraction.expand, self.parity, half_list, t == 0)
         e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
         # Atomic energies are accumulated in float64 even for float32 models: the element shifts
         # (~ -1000 eV) would otherwise cost ~1e-4 eV of round-off per atom in every sum.

@@ -2,7 +2,8 @@
 
 The radial branch of each filter net, Lin_F->F(silu(Lin_K->F(rbf(r)))), is a function of the
 distance alone, and it is the costliest part of a layer (K*F + F^2 multiply-adds per pair). An
-exported model replaces it by a cubic Hermite table on an even grid over [0, r_c]: values and
+exported model replaces it (with the rest of FilterNet.distance_part: the output biases, and in
+the first layer the constant spherical branch) by a cubic Hermite table on an even grid over [0, r_c]: values and
 exact derivatives (forward-mode autodiff) at the grid points, so the tabulated filter and its
 derivative are continuous (forces stay smooth; NVE energy conservation is unaffected). The
 lookup is one fused `embedding_bag` per filter: the four coefficient rows of the pair's grid

@@ -196,6 +196,31 @@ def test_exported_file_reproduces_the_eager_model(tmp_path, ethanol, dtype, tol,
                                       else {"kind": "exact"})
 
 
+def test_filter_net_is_the_paper_formula_and_its_first_layer_shortcut_agrees():
+    """w = Lin(silu(Lin(rbf))) + Lin(silu(Lin(c(ev_j - ev_i)))), written out here from the
+    paper; FilterNet folds the biases into addmm and, in the first layer (ev = 0), evaluates the
+    spherical branch once as a constant. Random (nonzero) biases, so a dropped term shows."""
+    net = random_network()
+    filt = net.layers[0].filter_inv
+    with torch.no_grad():
+        for p in filt.parameters():
+            p.normal_()
+    num_rbf, num_degrees = filt.radial_in.in_features, filt.spherical_in.in_features
+    rbf = torch.rand(11, num_rbf, dtype=torch.float64)
+    no_rows, no_weights = torch.zeros((0, 4), dtype=torch.long), torch.zeros((0, 4), dtype=torch.float64)
+
+    def paper(delta):
+        silu = torch.nn.functional.silu
+        return filt.radial_out(silu(filt.radial_in(rbf))) + filt.spherical_out(silu(filt.spherical_in(delta)))
+
+    with torch.no_grad():
+        delta = torch.rand(11, num_degrees, dtype=torch.float64)
+        assert torch.allclose(filt(rbf, no_rows, no_weights, delta, False), paper(delta), rtol=0, atol=1e-12)
+        zero = torch.zeros(11, num_degrees, dtype=torch.float64)
+        shortcut = filt(rbf, no_rows, no_weights, torch.zeros(0, 0, dtype=torch.float64), True)
+        assert torch.allclose(shortcut, paper(zero), rtol=0, atol=1e-12)
+
+
 def test_radial_table_converges_to_the_exact_filters_at_fourth_order(ethanol):
     """The force error of the table falls like h^3 (cubic through values and exact derivatives at
     the grid points); a wrong derivative would leave h^2 or worse. At the export default it is

@@ -78,6 +78,19 @@ def cap_memory():
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
 
 
+def release_free_memory():
+    """Hand the heap freed by a request back to the OS, so that the two workers' peaks at the
+    largest sizes do not add up on the shared machine: tcmalloc keeps freed pages otherwise
+    (when preloaded), glibc may too."""
+    import ctypes
+    import gc
+    gc.collect()
+    process = ctypes.CDLL(None)
+    for name, args in (("MallocExtension_ReleaseFreeMemory", ()), ("malloc_trim", (0,))):
+        if hasattr(process, name):
+            getattr(process, name)(*args)
+
+
 def main():
     cap_memory()
     answer = os.fdopen(os.dup(sys.stdout.fileno()), "w")
@@ -97,6 +110,7 @@ def main():
             if "can't allocate memory" in text:  # TorchScript wraps the allocator's message deep inside
                 text = "out of memory (over the worker's memory cap): " + text[text.index("can't allocate"):]
             result = {"ok": False, "error": text[:500]}
+        release_free_memory()
         answer.write(json.dumps(result) + "\n")
         answer.flush()
 
