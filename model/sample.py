@@ -63,12 +63,12 @@ def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True) -> Lis
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     settings.validate()
     atoms = atoms.copy()
     atoms.calc = make_calculator(settings.method)
     rng = np.random.default_rng(settings.seed)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature, rng=rng)
+    thermalize_momenta(atoms, settings.temperature, rng=rng)
     Stationary(atoms)
     atoms.set_constraint(FixCom())  # no drift of the centre of mass (ASE's recommended form)
     dyn = Langevin(atoms, timestep=settings.timestep_fs * units.fs, temperature_K=settings.temperature,

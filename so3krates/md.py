@@ -79,10 +79,10 @@ def kinetic_energy(masses: np.ndarray, velocities: np.ndarray) -> float:
 def initial_state(atoms: Atoms, temperature: float, seed: int) -> Atoms:
     """A copy with Maxwell-Boltzmann velocities at `temperature` (zero total momentum) unless
     the structure already carries velocities."""
-    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary
+    from ase.md.velocitydistribution import Stationary, thermalize_momenta
     atoms = atoms.copy()
     if not np.any(atoms.get_velocities()):
-        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature, rng=np.random.default_rng(seed))
+        thermalize_momenta(atoms, temperature, rng=np.random.default_rng(seed))
         Stationary(atoms)
     return atoms
 
