@@ -63,8 +63,9 @@ class So3krates(nn.Module):
 
     @torch.jit.ignore
     def tabulate_radial_filters(self, num_points: int = DEFAULT_POINTS) -> None:
-        """Replace the radial branch of every filter net by a cubic Hermite table on num_points
-        distances over [0, r_c], built in float64 from the current weights. For export only:
+        """Replace the distance-only part of every filter net (FilterNet.distance_part: the radial
+        branch with the output biases; in the first layer the whole filter) by a cubic Hermite
+        table on num_points distances over [0, r_c], built in float64 from the current weights. For export only:
         training would no longer reach the radial weights, and checkpoints do not store tables."""
         if num_points < 16:
             raise ValueError(f"a radial table needs at least 16 points, got {num_points}")

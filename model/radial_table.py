@@ -3,11 +3,11 @@
 The radial branch of each filter net, Lin_F->F(silu(Lin_K->F(rbf(r)))), is a function of the
 distance alone, and it is the costliest part of a layer (K*F + F^2 multiply-adds per pair). An
 exported model replaces it (with the rest of FilterNet.distance_part: the output biases, and in
-the first layer the constant spherical branch) by a cubic Hermite table on an even grid over [0, r_c]: values and
-exact derivatives (forward-mode autodiff) at the grid points, so the tabulated filter and its
-derivative are continuous (forces stay smooth; NVE energy conservation is unaffected). The
-lookup is one fused `embedding_bag` per filter: the four coefficient rows of the pair's grid
-cell, weighted by powers of the fractional position in the cell.
+the first layer the constant spherical branch) by a cubic Hermite table on an even grid over
+[0, r_c]: values and exact derivatives (forward-mode autodiff) at the grid points, so the
+tabulated filter and its derivative are continuous (forces stay smooth; NVE energy conservation
+is unaffected). The lookup is one fused `embedding_bag` per filter: the four coefficient rows of
+the pair's grid cell, weighted by powers of the fractional position in the cell.
 
 The error is O(h^4) in the energy and O(h^3) in the forces. On the default grid (DEFAULT_POINTS
 over 4.5 A, h = 2.2 mA) the largest force error of a model trained on rMD17 ethanol is below
