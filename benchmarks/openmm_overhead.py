@@ -36,11 +36,11 @@ import torch
 from ase.build import molecule
 from torch import nn
 
-import so3krates.openmm  # noqa: F401  (loads openmm-torch's plugin)
+import so3krates.openmm_plugin  # noqa: F401  (loads openmm-torch's plugin)
 from so3krates.export import export_model, load_exported
 from so3krates.model import So3krates
 from so3krates.model.config import preset
-from so3krates.openmm import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV
+from so3krates.openmm_plugin import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV
 from so3krates.structures import water_box
 
 
@@ -94,7 +94,7 @@ def bare_system(atoms):
 
 def main():
     import openmmtorch
-    from so3krates.openmm import create_force
+    from so3krates.openmm_plugin import create_force
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="default")

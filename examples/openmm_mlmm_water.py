@@ -18,7 +18,7 @@ import openmm
 from ase.build import molecule
 from openmm import app, unit
 
-import so3krates.openmm  # noqa: F401  (registers the openmm-torch plugin and MLPotential('so3krates'))
+import so3krates.openmm_plugin  # noqa: F401  (registers the openmm-torch plugin and MLPotential('so3krates'))
 from openmmml import MLPotential
 
 

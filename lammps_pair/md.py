@@ -14,10 +14,11 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from so3krates.md import MDResult, MDSettings
+from so3krates.engines import MDResult, MDSettings
 
 from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
-from .system import ASE_TIME_PER_PS, lammps_system, write_data
+from .system import lammps_system, write_data
+from .units import ase_time_per_lammps_time
 
 PS_PER_FS = 1e-3
 PROGRESS_CHUNKS = 50   # in-process runs are split into this many `run` commands for the progress bar
@@ -85,7 +86,7 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progr
                 frame = atoms.copy()
                 frame.calc = None
                 frame.positions = system.to_ase(values[:, [col["xu"], col["yu"], col["zu"]]])
-                frame.set_velocities(system.to_ase(values[:, [col["vx"], col["vy"], col["vz"]]]) / ASE_TIME_PER_PS)
+                frame.set_velocities(system.to_ase(values[:, [col["vx"], col["vy"], col["vz"]]]) / ase_time_per_lammps_time("metal"))
                 result.frames.append(frame)
                 result.frame_steps.append(step)
     return result

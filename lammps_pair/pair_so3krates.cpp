@@ -25,10 +25,6 @@
 using namespace LAMMPS_NS;
 
 namespace {
-// 1 eV = 96.485332 kJ/mol (CODATA) and 1 kcal = 4.184 kJ.
-constexpr double KJ_PER_MOL_PER_EV = 96.485332;
-constexpr double KJ_PER_KCAL = 4.184;
-constexpr double KCAL_PER_MOL_PER_EV = KJ_PER_MOL_PER_EV / KJ_PER_KCAL;    // 23.060547830619...
 constexpr int SUPPORTED_MODEL_FORMAT = 1;
 const char *const METADATA_FILE = "so3krates.json";
 const char *const EXPORT_HINT = "export a trained checkpoint with 'so3krates export CHECKPOINT -o model.pt'";
@@ -240,15 +236,22 @@ void PairSo3krates::log_model(const std::vector<std::string> &type_names)
 void PairSo3krates::check_units()
 {
   const std::string units = update->unit_style;
+  // LAMMPS's own conversion, so that this plugin and LAMMPS (and the Python side, which reads the
+  // factor back from the log line below) agree on what an eV is in kcal/mol.
   if (units == "metal")
     energy_conv = 1.0;
   else if (units == "real")
-    energy_conv = KCAL_PER_MOL_PER_EV;
+    energy_conv = utils::get_conversion_factor(utils::ENERGY, utils::METAL2REAL);
   else
     error->all(FLERR,
                "pair_style so3krates works with 'units metal' (eV, Angstrom: the model's own units) or "
                "'units real' (kcal/mol, converted), not 'units {}'; write 'units metal' at the top of the input",
                units);
+  if (comm->me == 0 && units != logged_units) {
+    utils::logmesg(lmp, "pair_style so3krates: 1 eV = {:.17g} {} (units {}, LAMMPS utils::get_conversion_factor)\n",
+                   energy_conv, units == "metal" ? "eV" : "kcal/mol", units);
+    logged_units = units;
+  }
 }
 
 void PairSo3krates::configure_threads()

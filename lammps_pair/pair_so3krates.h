@@ -51,6 +51,7 @@ class PairSo3krates : public Pair {
   int threads_requested;      // pair_style keyword `threads N`; 0 = automatic
   Mode mode;
   double logged_ghost_cutoff;
+  std::string logged_units;    // unit style whose conversion factor the log has shown
   std::vector<int> selected;    // LAMMPS indices of the atoms passed to the model, owned first
 
   void allocate();

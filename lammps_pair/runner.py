@@ -12,12 +12,6 @@ import numpy as np
 from .runtime import lmp_command, new_lammps, plugin_path, subprocess_env
 from .system import LammpsSystem
 
-# LAMMPS pressure = virial / volume * nktv2p; these are LAMMPS' own force->nktv2p values.
-NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}
-# 1 eV = 96.485332 kJ/mol (CODATA), 1 kcal = 4.184 kJ.
-KCAL_PER_MOL_PER_EV = 96.485332 / 4.184
-ENERGY_PER_EV = {"metal": 1.0, "real": KCAL_PER_MOL_PER_EV}
-
 
 def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units: str = "metal",
                    before_box: str = "") -> str:

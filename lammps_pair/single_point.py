@@ -8,7 +8,8 @@ from typing import Dict, Optional
 import numpy as np
 from ase import Atoms
 
-from .runner import ENERGY_PER_EV, NKTV2P, THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
+from . import units as lammps_units
+from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
 from .system import lammps_system, write_data
 
 VIRIAL_COLUMNS = ["c_virial[1]", "c_virial[2]", "c_virial[3]", "c_virial[4]", "c_virial[5]", "c_virial[6]"]
@@ -20,8 +21,8 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
     """{'energy': eV, 'energies': (N,) eV, 'forces': (N, 3) eV/A, 'virial': (3, 3) eV
     (W = V * pressure tensor, virial part; for a molecule sum_i r_i (x) F_i), 'log': LAMMPS log},
     in the frame and atom order of `atoms`."""
-    if units not in ENERGY_PER_EV:
-        raise ValueError(f"units {units!r}: the so3krates pair style supports {sorted(ENERGY_PER_EV)}")
+    if units not in lammps_units.SUPPORTED:
+        raise ValueError(f"units {units!r}: the so3krates pair style supports {', '.join(lammps_units.SUPPORTED)}")
     system = lammps_system(atoms)
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
@@ -40,7 +41,7 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
         log = run_lammps(script, tmp, ranks)
         thermo = parse_thermo(log)
         _, columns, values = read_dump(tmp / "forces.dump")[0]
-    conv = ENERGY_PER_EV[units]
+    conv = lammps_units.energy_per_ev(units, log)
     col = {name: k for k, name in enumerate(columns)}
     order = np.argsort(values[:, col["id"]])
     values = values[order]
@@ -52,7 +53,7 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
         "log": log,
     }
     p = np.array([thermo[c][0] for c in VIRIAL_COLUMNS])   # xx yy zz xy xz yz
-    w = p * float(thermo["Volume"][0]) / NKTV2P[units] / conv
+    w = p * float(thermo["Volume"][0]) / lammps_units.constants(units)["nktv2p"] / conv
     tensor = np.array([[w[0], w[3], w[4]], [w[3], w[1], w[5]], [w[4], w[5], w[2]]])
     out["virial"] = system.tensor_to_ase(tensor)
     return out

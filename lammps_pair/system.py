@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from typing import List
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.data import atomic_masses, chemical_symbols
 
-# ASE velocities are in A per ASE time unit; LAMMPS metal velocities in A/ps.
-ASE_TIME_PER_PS = 1000.0 * units.fs
+from so3krates.model.frames import lower_triangular_frame
+
 TILT_ZERO = 1e-12        # relative: rotation round-off below this is not a tilt
 MOLECULE_PADDING_A = 1.0  # initial box around a molecule; `s` boundaries shrink-wrap anyway
 
@@ -53,16 +53,10 @@ def lammps_system(atoms: Atoms) -> LammpsSystem:
     type_numbers = sorted(set(int(z) for z in atoms.numbers))
     if pbc.all():
         cell = np.asarray(atoms.cell.array, dtype=float)
-        if abs(np.linalg.det(cell)) < 1e-9:
-            raise ValueError("periodic structure with a degenerate cell: give three lattice vectors")
+        q, lower = lower_triangular_frame(cell)
         if np.linalg.det(cell) < 0:
             raise ValueError("the cell is left-handed; LAMMPS needs a right-handed cell: swap two lattice "
                              "vectors (and the matching coordinates)")
-        # cell.T = Q R (QR); the LAMMPS cell is R.T (lower triangular) = cell @ Q.
-        q, r = np.linalg.qr(cell.T)
-        signs = np.sign(np.diag(r))
-        q = q * signs
-        lower = cell @ q
         lengths = np.diag(lower).copy()
         tilts = np.array([lower[1, 0], lower[2, 0], lower[2, 1]])
         tilts[np.abs(tilts) < TILT_ZERO * lengths.max()] = 0.0
@@ -78,6 +72,7 @@ def lammps_system(atoms: Atoms) -> LammpsSystem:
 
 def write_data(path: str, system: LammpsSystem, velocities: bool = False) -> None:
     """A LAMMPS data file, atom_style atomic; masses from ASE; velocities in A/ps (metal)."""
+    from .units import ase_time_per_lammps_time
     atoms = system.atoms
     masses = atoms.get_masses()
     numbers = atoms.numbers
@@ -97,7 +92,7 @@ def write_data(path: str, system: LammpsSystem, velocities: bool = False) -> Non
     for i, (t, p) in enumerate(zip(system.types, positions), start=1):
         lines.append(f"{i} {t} {p[0]:.17g} {p[1]:.17g} {p[2]:.17g}")
     if velocities:
-        v = system.to_lammps(atoms.get_velocities()) * ASE_TIME_PER_PS
+        v = system.to_lammps(atoms.get_velocities()) * ase_time_per_lammps_time("metal")
         lines += ["", "Velocities", ""]
         for i, vi in enumerate(v, start=1):
             lines.append(f"{i} {vi[0]:.17g} {vi[1]:.17g} {vi[2]:.17g}")

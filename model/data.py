@@ -263,20 +263,8 @@ class Graph:
 
 def neighbor_pairs(s: Structure, cutoff: float):
     """Full neighbour list (i, j, Cartesian shifts) of one structure, as numpy arrays."""
-    if s.pbc.any() and not s.pbc.all():
-        # vesin takes one periodicity flag for all directions: use the model's own search.
-        import torch
-        from .neighbors import neighbor_list
-        i, j, shifts = neighbor_list(torch.from_numpy(s.positions), cutoff, torch.from_numpy(s.cell),
-                                     torch.from_numpy(s.pbc))
-        return i.numpy(), j.numpy(), shifts.double().numpy()
-    import vesin
-    periodic = bool(s.pbc.all())
-    nl = vesin.NeighborList(cutoff=cutoff, full_list=True)
-    i, j, S = nl.compute(points=s.positions, box=s.cell if periodic else np.zeros((3, 3)), periodic=periodic,
-                         quantities="ijS")
-    shifts = S.astype(np.float64) @ s.cell if periodic else np.zeros((len(i), 3))
-    return i.astype(np.int64), j.astype(np.int64), shifts
+    from .neighbors import find_pairs
+    return find_pairs(s.positions, s.cell, s.pbc, cutoff)
 
 
 def make_graphs(structures: Sequence[Structure], elements: Sequence[int], cutoff: float, dtype) -> List[Graph]:

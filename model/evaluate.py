@@ -52,8 +52,8 @@ def evaluate(model, data, batch_size: int = 32, json_path: Optional[str | os.Pat
              plot_path: Optional[str | os.PathLike] = None, **reader_options) -> Dict:
     """model: checkpoint, exported file, Potential or ScriptModule; data: a path (read with
     reader_options: energy_key, forces_key, energy_unit, length_unit) or a list of Structures."""
-    from so3krates.ase import load_potential
-    module, _ = load_potential(model)
+    from so3krates.export import load_model
+    module, _ = load_model(model)
     structures = read_dataset(data, **reader_options) if isinstance(data, (str, os.PathLike)) else list(data)
     dtype = next((b.dtype for n, b in module.named_buffers() if n.endswith("energy_shift")), torch.float64)
     graphs = make_graphs(structures, list(module.elements), float(module.cutoff), dtype)

@@ -13,10 +13,10 @@ from typing import Optional
 import numpy as np
 from ase import Atoms
 
-from so3krates.md import MDResult, MDSettings
+from so3krates.engines import MDResult, MDSettings
 
-from .system import NM_PER_PS_PER_ASE_VELOCITY, build_system, default_platform
-from .units import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV
+from .system import build_system, default_platform
+from .units import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV, NM_PER_PS_PER_ASE_VELOCITY
 
 PS_PER_FS = 1e-3
 

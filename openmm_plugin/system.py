@@ -5,12 +5,11 @@ from dataclasses import dataclass
 from typing import Optional
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
+
+from so3krates.model.frames import lower_triangular_frame
 
 from .units import ANGSTROM_PER_NM
-
-# ASE velocity unit (A / ASE time unit) -> nm/ps
-NM_PER_PS_PER_ASE_VELOCITY = 1000.0 * units.fs / ANGSTROM_PER_NM
 
 
 @dataclass
@@ -31,14 +30,8 @@ def openmm_frame(atoms: Atoms) -> OpenMMFrame:
                          f"{atoms.pbc.tolist()}")
     if not atoms.pbc.all():
         return OpenMMFrame(atoms.positions / ANGSTROM_PER_NM, None, np.eye(3))
-    cell = atoms.cell.array
-    # Lower-triangular cell with the same lattice: QR of the transposed cell.
-    q, r = np.linalg.qr(cell.T)
-    signs = np.sign(np.diag(r))
-    signs[signs == 0] = 1.0
-    q, r = q * signs, (r.T * signs).T
-    rotation = q.T
-    box = r.T.copy()  # rows a, b, c with a = (ax, 0, 0), b = (bx, by, 0)
+    rotation_in, box = lower_triangular_frame(atoms.cell.array)
+    rotation = rotation_in.T
     # OpenMM's reduced form: |b_x| <= a_x/2, |c_x| <= a_x/2, |c_y| <= b_y/2 (same lattice).
     box[2] -= box[1] * np.round(box[2, 1] / box[1, 1])
     box[2] -= box[0] * np.round(box[2, 0] / box[0, 0])

@@ -1,33 +1,12 @@
 """ASE calculator: energies in eV, forces in eV/A, stress in eV/A^3 (ASE conventions)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-from typing import Optional
-
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
 
-from so3krates.model.checkpoint import network_from_checkpoint
-from so3krates.model.potential import Potential
-
-
-def load_potential(model, device: str = "cpu"):
-    """An exported file, a checkpoint file, a Potential or a ScriptModule -> (module, metadata)."""
-    if isinstance(model, (Potential, torch.jit.ScriptModule)):
-        return model.to(device), {}
-    path = Path(model)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    import zipfile
-    from so3krates.export import load_exported
-    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") or n.endswith("/code/__torch__.py")
-                                        for n in zipfile.ZipFile(path).namelist()):
-        module, meta = load_exported(path, device)
-        return module, meta
-    network, payload = network_from_checkpoint(path)
-    return Potential(network).to(device), payload.get("metadata", {})
+from so3krates.export import load_model
+from so3krates.model.neighbors import find_pairs
 
 
 class So3kratesCalculator(Calculator):
@@ -41,7 +20,7 @@ class So3kratesCalculator(Calculator):
 
     def __init__(self, model, device: str = "cpu", **kwargs):
         super().__init__(**kwargs)
-        self.model, self.metadata = load_potential(model, device)
+        self.model, self.metadata = load_model(model, device)
         self.device = device
         self.cutoff = float(self.model.cutoff)
         self.elements = list(self.model.elements)
@@ -76,13 +55,4 @@ class So3kratesCalculator(Calculator):
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
 
     def _pairs(self, positions, cell, pbc):
-        if pbc.any() and not pbc.all():
-            # Mixed periodicity: vesin takes one flag for all directions; use the model's search.
-            idx = self.model.neighbors(torch.from_numpy(positions), torch.from_numpy(cell), torch.from_numpy(pbc))
-            return idx[0].numpy(), idx[1].numpy(), idx[2].double().numpy()
-        import vesin
-        periodic = bool(pbc.all())
-        box = cell if periodic else np.zeros((3, 3))
-        nl = vesin.NeighborList(cutoff=self.cutoff, full_list=True)
-        i, j, s = nl.compute(points=positions, box=box, periodic=periodic, quantities="ijS")
-        return i.astype(np.int64), j.astype(np.int64), (s.astype(np.float64) @ cell if periodic else np.zeros((len(i), 3)))
+        return find_pairs(positions, cell, pbc, self.cutoff)

@@ -32,8 +32,9 @@ def _step(title: str) -> float:
 def main(args) -> int:
     from so3krates.cli import main as cli
     from so3krates.export import export_model
-    from so3krates.md import read_structure
-    from so3krates.validation import EngineSpec, ValidationSettings, format_report, validate
+    from so3krates.engines import EngineSpec
+    from so3krates.structures import read_structure
+    from so3krates.validation import ValidationSettings, format_report, validate
     from so3krates.validation.validate import plot_report
 
     out = Path(args.out)
@@ -78,7 +79,7 @@ def main(args) -> int:
     timings["export_s"] = time.perf_counter() - t
 
     reports = {}
-    engines = [EngineSpec.parse(e) for e in args.engines.split(",")]
+    engines = EngineSpec.parse_list(args.engines)
     for dtype, path in models.items():
         t = _step(f"4. cross-engine validation, {dtype} ({args.steps} NVE steps of 0.5 fs)")
         settings = ValidationSettings(steps=args.steps, timestep_fs=0.5, temperature=300.0, seed=0)

@@ -3,7 +3,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
 
@@ -11,21 +10,18 @@ from so3krates.ase import So3kratesCalculator
 from so3krates.cli import main as cli
 from so3krates.export import export_model
 from so3krates.model.checkpoint import save_checkpoint
-from so3krates.model.config import preset
 from so3krates.model.evaluate import evaluate
-from so3krates.model.network import So3krates
-from so3krates.md import read_structure
+from so3krates.structures import read_structure
 from so3krates.structures import water_box
+
+from conftest import random_network
 
 
 @pytest.fixture(scope="module")
 def model_and_data(tmp_path_factory):
     """A random tiny float64 model and labelled molecules and periodic water boxes of different sizes."""
     tmp = tmp_path_factory.mktemp("eval")
-    torch.manual_seed(0)
-    network = So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64"))
-    with torch.no_grad():
-        network.energy_shift.copy_(torch.tensor([-13.0, -1020.0, -2030.0]))
+    network = random_network("tiny", energy_shift=[-13.0, -1020.0, -2030.0])
     ckpt = tmp / "model.ckpt"
     save_checkpoint(ckpt, network)
     rng = np.random.default_rng(1)

@@ -8,28 +8,26 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import molecule
 
 from so3krates.ase import So3kratesCalculator
 from so3krates.export import export_model
 from so3krates.lammps_pair.runner import parse_thermo, read_dump, run_lammps, setup_commands
+from so3krates.lammps_pair.units import energy_per_ev
 from so3krates.lammps_pair.single_point import single_point
 from so3krates.lammps_pair.system import lammps_system, write_data
 from so3krates.model import So3krates
 from so3krates.model.config import preset
 from so3krates.structures import water_box
 
+from conftest import ethanol, triclinic
+
 RTOL = 1e-8
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
+def model_path(export_random):
     # Two message-passing layers: ghosts must reach 2 x cutoff for the multi-rank results to agree.
-    torch.manual_seed(0)
-    net = So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64", num_layers=2))
-    path = tmp_path_factory.mktemp("lammps_models") / "tiny_2layer_f64.pt"
-    export_model(net, path, "float64")
-    return str(path)
+    return export_random("tiny_2layer_f64", num_layers=2, energy_shift=None)
 
 
 def reference(model_path: str, atoms: Atoms) -> dict:
@@ -52,29 +50,10 @@ def assert_close(got: dict, want: dict, rtol: float = RTOL, keys=("energy", "ene
         assert err < rtol, f"{key}: relative error {err:.2e} >= {rtol:.0e}"
 
 
-def ethanol() -> Atoms:
-    atoms = molecule("CH3CH2OH")
-    atoms.center(vacuum=6.0)
-    atoms.pbc = False
-    return atoms
-
-
-def triclinic_water() -> Atoms:
-    atoms = water_box(32, seed=3)
-    cell = atoms.cell.array.copy()
-    cell[1, 0] += 2.0
-    cell[2, 0] += 1.0
-    cell[2, 1] -= 1.5
-    atoms.set_cell(cell, scale_atoms=False)
-    atoms.rotate(25, "z", rotate_cell=True)   # not LAMMPS-aligned: exercises the frame rotation
-    atoms.rotate(10, "x", rotate_cell=True)
-    return atoms
-
-
 @pytest.mark.parametrize("name, make", [
     ("molecule, non-periodic box", ethanol),
     ("orthorhombic periodic water", lambda: water_box(32, seed=1)),
-    ("triclinic periodic water", triclinic_water),
+    ("triclinic periodic water", lambda: triclinic(water_box(32, seed=3))),
 ])
 def test_one_rank_matches_ase(model_path, name, make):
     atoms = make()
@@ -87,9 +66,12 @@ def test_units_real_converts_kcal_per_mol(model_path):
     metal = single_point(model_path, atoms, units="metal")
     real = single_point(model_path, atoms, units="real")   # converted back to eV inside single_point
     assert_close(real, metal, rtol=1e-12)
-    # and the raw LAMMPS number is in kcal/mol: 1 eV = 96.485332 / 4.184 kcal/mol
+    # and the raw LAMMPS number is in kcal/mol, converted with the factor the pair style logs
+    # (LAMMPS's own), which is 1 eV = 96.485332 / 4.184 kcal/mol to LAMMPS's 8 digits
     pe_kcal = parse_thermo(real["log"])["PotEng"][0]
-    assert pe_kcal == pytest.approx(metal["energy"] * 96.485332 / 4.184, rel=1e-12)
+    factor = energy_per_ev("real", real["log"])
+    assert pe_kcal == pytest.approx(metal["energy"] * factor, rel=1e-12)
+    assert factor == pytest.approx(96.485332 / 4.184, rel=1e-7)
 
 
 def test_small_periodic_box_uses_ghosts_on_one_rank(model_path):
@@ -113,9 +95,10 @@ def split_water() -> Atoms:
 
 @pytest.mark.parametrize("name, make", [
     ("periodic water box split in two", lambda: split_water()),
-    ("triclinic water split in two", triclinic_water),
+    ("triclinic water split in two", lambda: triclinic(water_box(32, seed=3))),
     ("molecule split in two", ethanol),
 ])
+@pytest.mark.mpi
 def test_two_ranks_match_one_rank(model_path, name, make):
     atoms = make()
     one = single_point(model_path, atoms, ranks=1)
@@ -126,6 +109,7 @@ def test_two_ranks_match_one_rank(model_path, name, make):
     assert_close(two, reference(model_path, atoms))
 
 
+@pytest.mark.mpi
 def test_rank_without_atoms(model_path):
     # All molecules in the left third of a long periodic box, split 2 x 1 x 1: rank 1 owns no atom
     # (only ghosts), and must neither crash nor change the result.

@@ -12,16 +12,15 @@ from so3krates.model.radial_table import DEFAULT_POINTS
 from so3krates.lammps_pair import lmp_command, plugin_path
 from so3krates.lammps_pair.runtime import subprocess_env
 from so3krates.lammps_pair.system import lammps_system, write_data
-from so3krates.model import So3krates
-from so3krates.model.config import preset
 from so3krates.structures import water_box
+
+from conftest import random_network
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("lammps_errors")
-    torch.manual_seed(0)
-    export_model(So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64")), path / "model.pt", "float64")
+    export_model(random_network("tiny", energy_shift=None), path / "model.pt", "float64")
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path / "not_so3krates.pt"))
     (path / "garbage.pt").write_text("this is not a model\n")
     write_data(str(path / "water.lmp"), lammps_system(water_box(8, seed=0)))   # types: 1 = H, 2 = O

@@ -8,19 +8,22 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from ase import units
-from ase.build import molecule
 from ase.io import read
 
 from so3krates.ase import So3kratesCalculator
-from so3krates.export import export_model
-from so3krates.lammps_pair.runner import NKTV2P, parse_thermo, run_lammps, setup_commands
+from so3krates.lammps_pair.runner import parse_thermo, run_lammps, setup_commands
+from so3krates.lammps_pair.units import constants as lammps_constants
 from so3krates.lammps_pair.system import lammps_system, write_data
-from so3krates.md import MDSettings, initial_state, run
-from so3krates.model import So3krates
-from so3krates.model.config import preset
+from so3krates.engines import MDSettings, initial_state
+from so3krates.md import run
 from so3krates.structures import water_box
+
+from conftest import ethanol, triclinic
+
+
+def ethanol_at_300K():
+    return initial_state(ethanol(), 300.0, seed=1)
 
 # Random weights give energies of order 1 eV per atom; a tenth keeps the MD near room temperature.
 ENERGY_SCALE = 0.1
@@ -28,36 +31,13 @@ NVE_DRIFT_BOUND_MEV_PER_ATOM_PER_PS = 0.05   # the float64 bound of docs/validat
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    torch.manual_seed(0)
-    net = So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64", num_layers=2))
-    with torch.no_grad():
-        net.energy_scale.mul_(ENERGY_SCALE)
-    path = tmp_path_factory.mktemp("lammps_md") / "tiny_md.pt"
-    export_model(net, path, "float64")
-    return str(path)
-
-
-def ethanol():
-    atoms = molecule("CH3CH2OH")
-    atoms.center(vacuum=6.0)
-    atoms.pbc = False
-    return initial_state(atoms, 300.0, seed=1)
-
-
-def triclinic_water():
-    atoms = water_box(8, seed=7)
-    cell = atoms.cell.array.copy()
-    cell[1, 0] += 1.0
-    cell[2, 1] += 0.7
-    atoms.set_cell(cell, scale_atoms=False)
-    atoms.rotate(20, "y", rotate_cell=True)
-    return initial_state(atoms, 300.0, seed=2)
+def model_path(export_random):
+    return export_random("tiny_md", num_layers=2, energy_scale=ENERGY_SCALE, energy_shift=None)
 
 
 def test_nve_two_picoseconds_conserves_energy(model_path):
     settings = MDSettings(ensemble="nve", timestep_fs=0.5, steps=4000, log_every=20, traj_every=0)
-    result = run("lammps", model_path, ethanol(), settings, progress=False)
+    result = run("lammps", model_path, ethanol_at_300K(), settings, progress=False)
     assert result.step[-1] == 4000 and len(result.step) == 201
     total = result.total_eV
     drift = np.polyfit(result.time_fs / 1000.0, total, 1)[0] / result.num_atoms * 1000.0   # meV/atom/ps
@@ -68,7 +48,11 @@ def test_nve_two_picoseconds_conserves_energy(model_path):
     assert np.ptp(result.kinetic_eV) > 10 * np.ptp(total), "the kinetic energy should move, the total not"
 
 
-@pytest.mark.parametrize("make", [ethanol, triclinic_water], ids=["molecule", "triclinic periodic"])
+def triclinic_water():
+    return initial_state(triclinic(water_box(8, seed=7)), 300.0, seed=2)
+
+
+@pytest.mark.parametrize("make", [ethanol_at_300K, triclinic_water], ids=["molecule", "triclinic periodic"])
 def test_lammps_md_follows_the_reference_md(model_path, make):
     atoms = make()
     settings = MDSettings(ensemble="nve", timestep_fs=0.5, steps=100, log_every=10, traj_every=50)
@@ -84,10 +68,11 @@ def test_lammps_md_follows_the_reference_md(model_path, make):
 
 
 @pytest.mark.parametrize("make, steps", [
-    (ethanol, 200),
+    (ethanol_at_300K, 200),
     # periodic and small: each rank holds ~20x its atoms as ghosts (2 layers = 8 A + skin), so few steps
     (lambda: initial_state(water_box(48, seed=3), 300.0, seed=3), 20),
 ], ids=["molecule", "periodic water"])
+@pytest.mark.mpi
 def test_two_rank_md_equals_one_rank(model_path, make, steps):
     atoms = make()
     settings = MDSettings(ensemble="nve", timestep_fs=0.5, steps=steps, log_every=10, traj_every=steps)
@@ -130,11 +115,11 @@ def test_npt_runs_and_step0_pressure_matches_finite_difference(model_path, tmp_p
 
     h = 1e-5
     dE_dV = (energy(1 + h) - energy(1 - h)) / (volume * ((1 + h) ** 3 - (1 - h) ** 3))
-    virial_pressure = -dE_dV * NKTV2P["metal"]   # bar
+    virial_pressure = -dE_dV * lammps_constants("metal")["nktv2p"]   # bar
     assert thermo["c_virial"][0] == pytest.approx(virial_pressure, rel=1e-6)
     # and the full pressure adds the kinetic part dof k T / (3 V) (LAMMPS' k_B differs from CODATA by 1e-6)
     dof = 3 * len(atoms) - 3
-    kinetic = dof * units.kB * thermo["Temp"][0] / (3 * volume) * NKTV2P["metal"]
+    kinetic = dof * units.kB * thermo["Temp"][0] / (3 * volume) * lammps_constants("metal")["nktv2p"]
     assert thermo["Press"][0] - thermo["c_virial"][0] == pytest.approx(kinetic, rel=1e-5)
 
 

@@ -13,20 +13,15 @@ from scipy.spatial.transform import Rotation
 
 from so3krates.ase import So3kratesCalculator
 from so3krates.export import NotASo3kratesModel, export_model, load_exported, read_metadata
-from so3krates.model import Potential, So3krates
-from so3krates.model.checkpoint import load_checkpoint, network_from_checkpoint, save_checkpoint
-from so3krates.model.config import preset
+from so3krates.model import Potential
+from so3krates.model.checkpoint import network_from_checkpoint, save_checkpoint
 from so3krates.model.radial_table import DEFAULT_POINTS
+
+from conftest import random_network as make_random_network, random_water
 
 
 def random_network(dtype="float64", seed=0, **overrides):
-    torch.manual_seed(seed)
-    cfg = preset("small", elements=[1, 6, 8], dtype=dtype, **overrides)
-    net = So3krates(cfg)
-    with torch.no_grad():
-        net.energy_shift.copy_(torch.tensor([-13.6, -1029.0, -2041.0]))
-        net.energy_scale.fill_(0.5)
-    return net
+    return make_random_network("small", dtype=dtype, seed=seed, energy_scale=0.5, **overrides)
 
 
 @pytest.fixture(scope="module")
@@ -39,20 +34,6 @@ def ethanol():
     atoms = molecule("CH3CH2OH")
     atoms.rattle(0.05, seed=1)
     return atoms
-
-
-def water_box(n_molecules=12, box=9.0, seed=0, cell=None):
-    """Random but sane liquid-like water: molecules at random centres and orientations."""
-    rng = np.random.default_rng(seed)
-    h2o = molecule("H2O")
-    positions, numbers = [], []
-    centres = rng.uniform(0, box, (n_molecules, 3))
-    for c in centres:
-        rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
-        positions.extend(h2o.positions @ rot.T + c)
-        numbers.extend(h2o.numbers)
-    cell = np.diag([box] * 3) if cell is None else cell
-    return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
 
 
 def evaluate(pot, atoms, virial=False):
@@ -107,7 +88,7 @@ def test_stress_is_the_strain_derivative():
     net = random_network()
     net.energy_shift.zero_()  # constant shifts only add round-off to the difference quotients
     calc = So3kratesCalculator(Potential(net))
-    atoms = water_box(cell=np.array([[9.0, 0, 0], [1.2, 9.5, 0], [0.4, -0.8, 10.0]]))
+    atoms = random_water(cell=np.array([[9.0, 0, 0], [1.2, 9.5, 0], [0.4, -0.8, 10.0]]))
     atoms.calc = calc
     stress = atoms.get_stress(voigt=False)
     h = 1e-4
@@ -150,7 +131,7 @@ def test_energy_and_forces_continuous_across_the_cutoff(cutoff_function, radial_
 
 def test_supercell_energy_scales_and_forces_repeat(potential):
     for cell in (np.diag([9.0, 9.0, 9.0]), np.array([[9.0, 0, 0], [2.5, 9.0, 0], [-1.0, 1.5, 9.5]])):
-        atoms = water_box(cell=cell)
+        atoms = random_water(cell=cell)
         atoms.wrap()
         small = evaluate(potential, atoms)
         big = evaluate(potential, atoms.repeat((2, 2, 2)))
@@ -165,7 +146,7 @@ def test_supercell_energy_scales_and_forces_repeat(potential):
 
 
 def test_builtin_neighbour_search_matches_vesin_calculator(potential):
-    atoms = water_box(n_molecules=20, cell=np.array([[10.0, 0, 0], [3.0, 10.0, 0], [1.0, -2.0, 10.5]]))
+    atoms = random_water(n_molecules=20, cell=np.array([[10.0, 0, 0], [3.0, 10.0, 0], [1.0, -2.0, 10.5]]))
     atoms.calc = So3kratesCalculator(potential)
     builtin = evaluate(potential, atoms, virial=True)
     assert atoms.get_potential_energy() == pytest.approx(float(builtin["energy"]), rel=1e-12)
@@ -184,7 +165,7 @@ def test_exported_file_reproduces_the_eager_model(tmp_path, ethanol, dtype, tol,
         net = copy.deepcopy(net)
         net.tabulate_radial_filters(radial_table)
     eager = Potential(net)
-    for atoms in (ethanol, water_box()):
+    for atoms in (ethanol, random_water()):
         a = evaluate(eager, atoms)
         b = evaluate(exported, atoms)
         assert b["forces"].dtype == getattr(torch, dtype)
@@ -227,7 +208,7 @@ def test_radial_table_converges_to_the_exact_filters_at_fourth_order(ethanol):
     below float32 round-off, and the tabulated forces are minus the gradient of the tabulated
     energy."""
     net = random_network()
-    atoms = water_box()
+    atoms = random_water()
     exact = evaluate(Potential(net), atoms)
     scale = float(exact["forces"].abs().max())
     error = {}

@@ -9,21 +9,17 @@ from openmm import app, unit
 
 from so3krates.ase import So3kratesCalculator
 from so3krates.export import export_model
-from so3krates.model import So3krates
-from so3krates.model.config import preset
-from so3krates.openmm import KJ_PER_MOL_PER_EV, create_force
+from so3krates.openmm_plugin import KJ_PER_MOL_PER_EV, create_force
 from so3krates.openmm_plugin.system import openmm_frame
 from so3krates.structures import water_box
+
+from conftest import random_network, triclinic
 
 EV_PER_A_IN_KJ_PER_MOL_PER_NM = KJ_PER_MOL_PER_EV * 10.0
 
 
 def make_model(path, dtype="float64", elements=(1, 6, 8), scale=3.0):
-    torch.manual_seed(1)
-    net = So3krates(preset("tiny", elements=list(elements), dtype=dtype))
-    with torch.no_grad():
-        net.energy_scale.fill_(scale)
-        net.energy_shift.copy_(torch.tensor([-13.6, -1029.0, -2041.0][: len(elements)]))
+    net = random_network("tiny", dtype=dtype, seed=1, energy_scale=scale, elements=elements)
     export_model(net, path, dtype=dtype)
     return str(path)
 
@@ -75,19 +71,10 @@ def reference(model_path, atoms):
     return atoms.get_potential_energy(), atoms.get_forces()
 
 
-def triclinic_water():
-    atoms = water_box(20, seed=3)
-    cell = atoms.cell.array.copy()
-    cell[1, 0] = 0.3 * cell[0, 0]
-    cell[2, 0], cell[2, 1] = -0.2 * cell[0, 0], 0.25 * cell[1, 1]
-    atoms.set_cell(cell, scale_atoms=True)
-    return atoms
-
-
 STRUCTURES = {
     "ethanol": lambda: molecule("CH3CH2OH"),
     "water_orthorhombic": lambda: water_box(20, seed=2),
-    "water_triclinic": triclinic_water,
+    "water_triclinic": lambda: triclinic(water_box(20, seed=3), rotate=False),
 }
 
 
@@ -247,8 +234,9 @@ def test_nve_energy_drift_is_small(tmp_path):
     ~11 fs) hold the molecule together: the run then exercises the so3krates energy/force
     consistency on a bound, vibrating molecule."""
     from ase.neighborlist import natural_cutoffs, neighbor_list
-    from so3krates.md import MDResult, initial_state
-    from so3krates.openmm_plugin.system import NM_PER_PS_PER_ASE_VELOCITY, build_system
+    from so3krates.engines import MDResult, initial_state
+    from so3krates.openmm_plugin.system import build_system
+    from so3krates.openmm_plugin.units import NM_PER_PS_PER_ASE_VELOCITY
     from so3krates.validation.metrics import energy_conservation
 
     model = make_model(tmp_path / "strong.pt", scale=40.0)
@@ -295,12 +283,12 @@ def test_md_engine_follows_the_ase_velocity_verlet_trajectory(model):
     """Same initial positions and velocities, same masses: OpenMM's VerletIntegrator (leapfrog,
     velocities reported half a step behind the positions in OpenMM 8.6.1) started at v(-dt/2)
     and read back at v(t) follows ASE's velocity Verlet to round-off."""
-    from so3krates.md import MDSettings, initial_state
+    from so3krates.engines import MDSettings, initial_state
     from so3krates.openmm_plugin.md import run_md
-    from so3krates.validation.reference_md import run_md as ase_md
+    from so3krates.ase_engine import ENGINE as ase_engine
     atoms = initial_state(molecule("CH3CH2OH"), 300.0, seed=0)
     settings = MDSettings(steps=40, timestep_fs=0.5, log_every=5, traj_every=20)
-    ours, ref = run_md(model, atoms, settings, progress=False), ase_md(model, atoms, settings, progress=False)
+    ours, ref = run_md(model, atoms, settings, progress=False), ase_engine.run_md(model, atoms, settings, progress=False)
     assert ours.step == ref.step and ours.frame_steps == ref.frame_steps == [0, 20, 40]
     np.testing.assert_allclose(ours.potential_eV, ref.potential_eV, rtol=1e-12)
     np.testing.assert_allclose(ours.kinetic_eV, ref.kinetic_eV, rtol=1e-7)

@@ -6,22 +6,18 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from ase.io import read
 
 from so3krates.export import export_model
-from so3krates.model import So3krates
-from so3krates.model.config import preset
+
+from conftest import SHIFTS_EV, random_network
 
 CLI = [sys.executable, "-m", "so3krates.cli"]
 
 
 def make_model(path, energy_factor=1.0, dtype="float64"):
-    torch.manual_seed(0)
-    net = So3krates(preset("tiny", elements=[1, 6, 8], dtype=dtype))
-    with torch.no_grad():
-        net.energy_scale.fill_(0.3 * energy_factor)
-        net.energy_shift.copy_(torch.tensor([-13.6, -1029.0, -2041.0]) * energy_factor)
+    net = random_network("tiny", dtype=dtype, energy_scale=0.3 * energy_factor,
+                         energy_shift=[s * energy_factor for s in SHIFTS_EV])
     export_model(net, path, dtype=dtype)
     return path
 
@@ -76,6 +72,7 @@ def test_validate_fails_when_an_engine_runs_a_wrongly_converted_model(models, tm
     assert "FAILED" in proc.stdout and "step-0 energy differs" in proc.stdout
 
 
+@pytest.mark.mpi
 def test_validate_passes_across_all_engines_and_ranks(models, tmp_path):
     proc, report = run_validate(models["good"], "ase,openmm,lammps,lammps:2", tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -99,20 +96,6 @@ def test_validate_periodic_water_reports_the_virial(tmp_path):
     assert report["periodic"] is True
     assert report["step0"]["lammps"]["max_abs_dvirial_meV"] < 1e-5
     assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-@pytest.fixture(scope="module")
-def trained_ethanol(tmp_path_factory):
-    """A tiny model trained for ~25 s on GFN2-xTB ethanol: stiff bonds, as real models have."""
-    from so3krates.cli import main as cli
-    folder = tmp_path_factory.mktemp("trained")
-    data = folder / "ethanol.xyz"
-    assert cli(["sample", "ethanol", "-o", str(data), "--method", "gfn2-xtb", "--temperature", "500",
-                "--frames", "100", "--stride", "10", "--seed", "1"]) == 0
-    assert cli(["train", "--train", str(data), "--out", str(folder / "run"), "--preset", "tiny", "--max-time", "25s",
-                "--lr", "5e-3", "--warmup-steps", "10", "--seed", "0", "--quiet"]) == 0
-    export_model(folder / "run" / "best.ckpt", folder / "ethanol.pt", "float64")
-    return folder / "ethanol.pt"
 
 
 def test_validate_fails_when_the_time_step_is_far_too_large(trained_ethanol, tmp_path):

@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import json
 
-from so3krates.md import read_structure
+from so3krates.engines import EngineSpec
+from so3krates.structures import read_structure
 
-from .validate import EngineSpec, ValidationSettings, format_report, plot_report, validate
+from .validate import ValidationSettings, format_report, plot_report, validate
 
 
 def register(subparsers) -> None:
@@ -25,7 +26,7 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
-    engines = [EngineSpec.parse(e.strip()) for e in args.engines.split(",") if e.strip()]
+    engines = EngineSpec.parse_list(args.engines)
     settings = ValidationSettings(steps=args.steps, timestep_fs=args.timestep, temperature=args.temperature,
                                   seed=args.seed)
     report = validate(args.model, read_structure(args.structure), engines, settings, progress=not args.quiet)

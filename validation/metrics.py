@@ -5,7 +5,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
-from so3krates.md import MDResult
+from so3krates.engines import MDResult
 
 
 def step0_difference(reference: Dict[str, np.ndarray], other: Dict[str, np.ndarray], num_atoms: int) -> Dict[str, float]:

@@ -6,43 +6,19 @@
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional
 
 import numpy as np
 from ase import Atoms
 
+from so3krates import engines
+from so3krates.engines import EngineSpec, MDResult, MDSettings, initial_state
 from so3krates.export import read_metadata
-from so3krates.md import MDResult, MDSettings, initial_state
-from so3krates.md import run as run_md
 
 from .metrics import divergence, energy_conservation, step0_difference
-from .single_point import single_point
 
-
-@dataclass
-class EngineSpec:
-    """`ENGINE[:RANKS][@MODEL]`, e.g. `openmm`, `lammps:2`, `openmm@model_f32.pt`."""
-    engine: str
-    ranks: int = 1
-    model: Optional[str] = None
-
-    @property
-    def label(self) -> str:
-        text = self.engine + (f":{self.ranks}" if self.ranks != 1 else "")
-        return text + (f"@{self.model}" if self.model else "")
-
-    @classmethod
-    def parse(cls, text: str) -> "EngineSpec":
-        model = None
-        if "@" in text:
-            text, model = text.split("@", 1)
-        engine, _, ranks = text.partition(":")
-        if engine not in ("ase", "openmm", "lammps"):
-            raise ValueError(f"unknown engine {engine!r} in --engines; use ase, openmm, lammps or lammps:N")
-        if ranks and engine != "lammps":
-            raise ValueError(f"{text}: only lammps takes a rank count (lammps:2)")
-        return cls(engine, int(ranks) if ranks else 1, model)
+REFERENCE = EngineSpec("ase")
 
 
 @dataclass
@@ -72,7 +48,7 @@ class ValidationSettings:
     tolerances: Optional[Tolerances] = None
 
 
-def validate(model_path: str, atoms: Atoms, engines: List[EngineSpec], settings: ValidationSettings,
+def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: ValidationSettings,
              progress: bool = True, log=print) -> Dict:
     meta = read_metadata(model_path)
     tol = settings.tolerances or Tolerances.for_dtype(meta["dtype"])
@@ -82,24 +58,23 @@ def validate(model_path: str, atoms: Atoms, engines: List[EngineSpec], settings:
                     steps=settings.steps, seed=settings.seed, log_every=settings.log_every,
                     traj_every=settings.traj_every)
     periodic = bool(start.pbc.all())
-    labels = [e.label for e in engines]
+    labels = [e.label for e in specs]
     log(f"validating {model_path} ({meta['dtype']}, {n} atoms, {'periodic' if periodic else 'non-periodic'}) "
         f"on {', '.join(labels)}; reference: ase")
 
-    reference_point = single_point("ase", model_path, start)
+    reference_point = engines.single_point(REFERENCE, model_path, start)
     step0: Dict[str, Dict[str, float]] = {}
-    for spec in engines:
-        point = single_point(spec.engine, spec.model or model_path, start, ranks=spec.ranks)
+    for spec in specs:
+        point = engines.single_point(spec, model_path, start)
         step0[spec.label] = step0_difference(reference_point, point, n)
 
     runs: Dict[str, MDResult] = {}
-    reference_run = run_md("ase", model_path, start, md, progress=progress)
-    for spec in engines:
-        if spec.engine == "ase" and spec.model is None:
+    reference_run = engines.run_md(REFERENCE, model_path, start, md, progress=progress)
+    for spec in specs:
+        if spec == REFERENCE:
             runs[spec.label] = reference_run
         else:
-            runs[spec.label] = run_md(spec.engine, spec.model or model_path, start, md, ranks=spec.ranks,
-                                      progress=progress)
+            runs[spec.label] = engines.run_md(spec, model_path, start, md, progress=progress)
     nve = {label: energy_conservation(r) for label, r in runs.items()}
     trajectory = {label: divergence(reference_run, r) for label, r in runs.items()}
 

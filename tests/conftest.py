@@ -1,0 +1,118 @@
+"""Shared fixtures: model factories, structures and a briefly trained model.
+
+Unit tests (the network, data, units) and integration tests (real OpenMM Contexts, the LAMMPS
+library, `mpiexec lmp`, the CLI) live in separate files; these factories are what they share.
+Markers (pyproject.toml): `mpi` for tests that start several MPI ranks, `slow` for tests over
+~15 s on 2 cores; `make check` runs the rest.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import molecule
+
+from so3krates.export import export_model
+from so3krates.model import So3krates
+from so3krates.model.config import preset
+
+ELEMENTS = [1, 6, 8]
+# Realistic per-element shifts (eV): energies of the size of real ones exercise float32 round-off.
+SHIFTS_EV = [-13.6, -1029.0, -2041.0]
+
+
+def random_network(preset_name: str = "tiny", dtype: str = "float64", seed: int = 0,
+                   energy_scale: Optional[float] = None, energy_shift: Optional[Sequence[float]] = SHIFTS_EV,
+                   elements: Sequence[int] = ELEMENTS, **config) -> So3krates:
+    """A network with random weights (seeded); energy_scale/energy_shift set the per-element
+    E_i = s e_i + mu (None keeps the defaults 1 and 0)."""
+    torch.manual_seed(seed)
+    net = So3krates(preset(preset_name, elements=list(elements), dtype=dtype, **config))
+    with torch.no_grad():
+        if energy_scale is not None:
+            net.energy_scale.fill_(energy_scale)
+        if energy_shift is not None:
+            net.energy_shift.copy_(torch.tensor(list(energy_shift)[: len(elements)]))
+    return net
+
+
+@pytest.fixture(scope="session")
+def make_network():
+    """random_network as a fixture: make_network("small", dtype="float32", energy_scale=0.5)."""
+    return random_network
+
+
+@pytest.fixture(scope="session")
+def export_random(tmp_path_factory):
+    """export_random(name, dtype="float64", **random_network options) -> path (str) of an exported
+    random network, written once per session and name."""
+    folder = tmp_path_factory.mktemp("models")
+    made = {}
+
+    def export(name: str, dtype: str = "float64", radial_table: Optional[int] = None, **options) -> str:
+        if name not in made:
+            path = folder / f"{name}.pt"
+            kwargs = {} if radial_table is None else {"radial_table": radial_table}
+            export_model(random_network(dtype=dtype, **options), path, dtype, **kwargs)
+            made[name] = str(path)
+        return made[name]
+    return export
+
+
+def ethanol(vacuum: float = 6.0) -> Atoms:
+    """Ethanol centred in a non-periodic box, as `so3krates md ... ethanol` reads it."""
+    atoms = molecule("CH3CH2OH")
+    atoms.center(vacuum=vacuum)
+    atoms.pbc = False
+    return atoms
+
+
+def triclinic(atoms: Atoms, rotate: bool = True) -> Atoms:
+    """A periodic structure in a generic triclinic cell: the cell sheared (atoms moved with it),
+    then, with rotate, the whole system turned so that no lattice vector lies along an axis (the
+    engines must rotate it into their own frame)."""
+    atoms = atoms.copy()
+    cell = atoms.cell.array.copy()
+    cell[1, 0] += 0.2 * cell[0, 0]
+    cell[2, 0] += 0.1 * cell[0, 0]
+    cell[2, 1] -= 0.15 * cell[1, 1]
+    atoms.set_cell(cell, scale_atoms=True)
+    if rotate:
+        atoms.rotate(25, "z", rotate_cell=True)
+        atoms.rotate(10, "x", rotate_cell=True)
+    return atoms
+
+
+def random_water(n_molecules: int = 12, box: float = 9.0, seed: int = 0, cell=None) -> Atoms:
+    """Water molecules at random centres in [0, box)^3 and random orientations, in `cell` (default
+    cubic, side box): for symmetry and periodicity tests, where liquid structure does not matter."""
+    from scipy.spatial.transform import Rotation
+    rng = np.random.default_rng(seed)
+    h2o = molecule("H2O")
+    positions, numbers = [], []
+    for centre in rng.uniform(0, box, (n_molecules, 3)):
+        rot = Rotation.random(random_state=rng.integers(1 << 31)).as_matrix()
+        positions.extend(h2o.positions @ rot.T + centre)
+        numbers.extend(h2o.numbers)
+    cell = np.diag([box] * 3) if cell is None else cell
+    return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
+
+
+@pytest.fixture(scope="session")
+def trained_ethanol(tmp_path_factory) -> Path:
+    """A tiny float64 model trained on 100 GFN2-xTB ethanol frames for a fixed number of epochs
+    (seeded: the same model whatever the machine's load): stiff bonds, as real models have."""
+    from so3krates.cli import main as cli
+    folder = tmp_path_factory.mktemp("trained")
+    data = folder / "ethanol.xyz"
+    assert cli(["sample", "ethanol", "-o", str(data), "--method", "gfn2-xtb", "--temperature", "500",
+                "--frames", "100", "--stride", "10", "--seed", "1"]) == 0
+    assert cli(["train", "--train", str(data), "--out", str(folder / "run"), "--preset", "tiny",
+                "--epochs", "40", "--lr", "5e-3", "--warmup-steps", "10", "--seed", "0", "--threads", "1",
+                "--quiet"]) == 0
+    export_model(folder / "run" / "best.ckpt", folder / "ethanol.pt", "float64")
+    return folder / "ethanol.pt"
