@@ -30,6 +30,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from results_file import find_run, record_run  # noqa: E402
 DATA = REPO.parent / "shared" / "data" / "rmd17_ethanol"
 OURS_BIN = Path(sys.executable).parent
 PEERS_BIN = HERE / ".venv" / "bin"
@@ -216,8 +218,9 @@ def main():
         print(json.dumps(row), flush=True)
         rows.append(row)
     commands = {name: " ".join([Path(sys.executable).name, *sys.argv]) for name in args.models}
-    if args.merge and Path(args.out).is_file():
-        old = json.loads(Path(args.out).read_text())
+    key = {"budget_s": budget_s}
+    old = find_run(args.out, key) if args.merge else None
+    if old is not None:
         kept = [r for r in old["rows"] if r["model"] not in args.models]
         commands = {**{r["model"]: old.get("commands", {}).get(r["model"], old["command"]) for r in kept}, **commands}
         rows = sorted(kept + rows, key=lambda r: MODELS.index(r["model"].split(" ")[0]))
@@ -229,8 +232,7 @@ def main():
                                                                args.s3t_code_default_gamma),
               "mace_command": " ".join(mace_command("train_ref.xyz", args.seed, "<large>", False)),
               "rows": rows}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    record_run(args.out, result, key)   # one file; this budget replaces its earlier run
     print(f"wrote {args.out}")
 
 

@@ -34,6 +34,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+from results_file import record_run  # noqa: E402
 SHARED_DATA = REPO.parent / "shared" / "data"
 PEERS_PYTHON = HERE / ".venv" / "bin" / "python"
 ORDER = ["ours-export", "so3krates-torch", "ours-eager", "mace-small", "mace-medium"]
@@ -206,8 +208,9 @@ def write_result(args, workers, rows, started, complete):
         "models": describe_models(),
         "rows": rows,
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
+    # One file for the benchmark; this variant (sizes, dtypes, models) replaces its earlier run.
+    key = {"sizes": args.sizes, "dtypes": args.dtypes, "models": None if args.models == ORDER else args.models}
+    record_run(args.out, result, key)
 
 
 def print_block(rows, elapsed):

@@ -1,14 +1,16 @@
-"""Markdown tables from benchmarks/results/peers_speed*.json and peers_accuracy*.json.
+"""Markdown tables from benchmarks/results/peers_speed.json and peers_accuracy.json (every run in them).
 
     python benchmarks/peers/tables.py [--results benchmarks/results]
 """
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+from results_file import load_runs  # noqa: E402
 
 
 def speed_table(data):
@@ -59,10 +61,10 @@ def main():
     ap.add_argument("--results", default=str(HERE.parent / "results"))
     args = ap.parse_args()
     folder = Path(args.results)
-    for path in sorted(folder.glob("peers_speed*.json")):
-        print(f"### {path.name}\n\n{speed_table(json.loads(path.read_text()))}\n")
-    for path in sorted(folder.glob("peers_accuracy*.json")):
-        print(f"### {path.name}\n\n{accuracy_table(json.loads(path.read_text()))}\n")
+    for run in load_runs(folder / "peers_speed.json"):
+        print(f"### speed {run.get('key', '')}\n\n{speed_table(run)}\n")
+    for run in load_runs(folder / "peers_accuracy.json"):
+        print(f"### accuracy {run.get('key', '')}\n\n{accuracy_table(run)}\n")
 
 
 if __name__ == "__main__":
