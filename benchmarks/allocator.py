@@ -1,6 +1,7 @@
-"""glibc malloc against tcmalloc for one energy+forces evaluation of the exported model.
+"""glibc's default malloc, glibc tuned in process (what loading a model does, so3krates/allocator.py)
+and tcmalloc (when the system has it) for one energy+forces evaluation of the model.
 
-Each (allocator, size) runs in a fresh process (an allocator is chosen at process start), the two
+Each (allocator, size) runs in a fresh process (an allocator is chosen at process start), the
 allocators interleaved size by size; per process: `repeat` calls after one warm-up, fastest kept,
 with the user and system CPU time, minor page faults and peak RSS of that process.
 
@@ -22,11 +23,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def worker(n: int, preset_name: str, dtype: str, repeat: int) -> dict:
     import torch
+    from so3krates.allocator import tune_glibc_malloc
     from so3krates.model.config import preset
     from so3krates.model.network import So3krates
     from so3krates.model.potential import Potential
     from so3krates.structures import water_box
     torch.set_num_threads(1)
+    tune_glibc_malloc()   # as loading an exported model does; SO3KRATES_MALLOC_TUNING=0 turns it off
     module = torch.jit.script(Potential(So3krates(preset(preset_name, elements=[1, 8], dtype=dtype))))
     atoms = water_box(max(n // 3, 1))
     args = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
@@ -57,14 +60,15 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args.worker, args.preset, args.dtype, args.repeat)))
         return 0
-    from so3krates.allocator import OPT_OUT, tcmalloc_library, with_tcmalloc
-    if tcmalloc_library() is None:
-        print("skipped: no tcmalloc on this system (Debian: apt-get install libtcmalloc-minimal4)")
-        return 0
-    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    envs = {"glibc": {**base, OPT_OUT: "0"}, "tcmalloc": with_tcmalloc(base)}
+    from so3krates.allocator import OPT_OUT, TUNING_OPT_OUT, tcmalloc_library, with_tcmalloc
+    base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", OPT_OUT, TUNING_OPT_OUT)}
+    envs = {"glibc": {**base, OPT_OUT: "0", TUNING_OPT_OUT: "0"}, "glibc-tuned": {**base, OPT_OUT: "0"}}
+    if tcmalloc_library() is not None:
+        envs["tcmalloc"] = with_tcmalloc(base)
+    else:
+        print("no tcmalloc on this system (Debian: apt-get install libtcmalloc-minimal4): glibc only")
     rows = []
-    print(f"{'atoms':>6} {'allocator':>9} {'ms':>9} {'us/atom':>8} {'user ms':>8} {'sys ms':>8} {'faults':>9} "
+    print(f"{'atoms':>6} {'allocator':>11} {'ms':>9} {'us/atom':>8} {'user ms':>8} {'sys ms':>8} {'faults':>9} "
           f"{'peak MB':>8}", flush=True)
     for n in args.sizes:
         for name, env in envs.items():
@@ -73,7 +77,7 @@ def main() -> int:
             r = json.loads(subprocess.run(cmd, env=env, capture_output=True, text=True, check=True).stdout)
             r["allocator"] = name
             rows.append(r)
-            print(f"{r['atoms']:6d} {name:>9} {r['ms']:9.0f} {r['us_per_atom']:8.0f} {r['user_ms']:8.0f} "
+            print(f"{r['atoms']:6d} {name:>11} {r['ms']:9.0f} {r['us_per_atom']:8.0f} {r['user_ms']:8.0f} "
                   f"{r['sys_ms']:8.0f} {r['page_faults']:9d} {r['peak_rss_MB']:8.0f}", flush=True)
     result = {"command": "python benchmarks/allocator.py " + " ".join(sys.argv[1:]),
               "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": f"{os.cpu_count()} cores, 1 torch thread",

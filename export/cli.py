@@ -15,7 +15,7 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=["float64", "float32"], default="float64")
     p.add_argument("--radial-table", type=int, default=DEFAULT_POINTS, metavar="POINTS",
                    help=f"tabulate the radial filters on POINTS distances (default {DEFAULT_POINTS}; "
-                        "0: exact filters, about 1.5x slower)")
+                        "0: exact filters, slower; docs/benchmarks.md)")
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("info", help="print the metadata of an exported model")

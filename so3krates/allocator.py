@@ -1,22 +1,36 @@
-"""tcmalloc for large systems, preloaded when the system has it.
+"""Fast memory allocation for large systems with no system package: glibc's malloc tuned in
+process, and tcmalloc preloaded when the system has it.
 
 On the CPU, PyTorch allocates and frees the per-edge tensors (edges x features, 10 MB to 100s of MB)
 on every evaluation. glibc's malloc hands blocks that large back to the kernel when they are freed
-(mmap/trim), so every evaluation page-faults all of them in again: at 6,000 water atoms with the
-default model the kernel's page-fault time was 3x the arithmetic, and the cost per atom grew with
-the system size. tcmalloc keeps freed blocks for reuse (benchmarks/allocator.py measures both).
-An allocator cannot be swapped inside a running process; it has to be preloaded (LD_PRELOAD)
-before the process starts, so `so3krates` re-executes itself once with it, and passes it on to
-the `lmp` processes it starts. SO3KRATES_TCMALLOC=0 turns this off.
+(mmap/trim), so every evaluation page-faults all of them in again, and the cost per atom grows
+with the system size. tcmalloc keeps freed blocks for reuse (benchmarks/allocator.py measures
+both; figures in docs/benchmarks.md).
+
+Two remedies, both keeping freed blocks for reuse:
+- glibc tuned in process (`tune_glibc_malloc`, what a fresh machine gets): large blocks come from
+  the heap instead of mmap, and the heap is never trimmed back to the kernel, the in-process form
+  of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>. Applied when a model is loaded (the export
+  loader, hence ASE, OpenMM and the CLI) and by the LAMMPS plugin when LAMMPS loads it. The cost:
+  a process keeps its peak heap until it exits. SO3KRATES_MALLOC_TUNING=0 turns this off.
+- tcmalloc, optional: an allocator cannot be swapped inside a running process; it has to be
+  preloaded (LD_PRELOAD) before the process starts, so `so3krates` re-executes itself once with it,
+  and passes it on to the `lmp` processes it starts. SO3KRATES_TCMALLOC=0 turns this off.
 """
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import os
 import sys
 from typing import Dict, List, Optional
 
 OPT_OUT = "SO3KRATES_TCMALLOC"     # "0": keep the default allocator
+TUNING_OPT_OUT = "SO3KRATES_MALLOC_TUNING"    # "0": leave glibc's malloc settings alone
+# glibc's mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD = -1
+M_MMAP_MAX = -4
+_tuned = False
 NAMES = ("tcmalloc_minimal", "tcmalloc")
 
 
@@ -56,3 +70,21 @@ def reexec_with_tcmalloc(python_args: List[str]) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *python_args], env)
+
+
+def tune_glibc_malloc() -> bool:
+    """Keep freed memory in the process (no mmap for large blocks, no trimming). Returns whether the
+    settings were applied; a no-op under tcmalloc, off glibc, or with SO3KRATES_MALLOC_TUNING=0."""
+    global _tuned
+    if _tuned:
+        return True
+    if os.environ.get(TUNING_OPT_OUT) == "0" or is_preloaded():
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):   # not glibc (e.g. musl, macOS)
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    # -1 becomes SIZE_MAX inside glibc: the heap is never trimmed.
+    _tuned = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))
+    return _tuned

@@ -36,7 +36,7 @@ class So3kratesCalculator(Calculator):
         i, j, shifts = self._pairs(positions, cell, pbc)
         dev = self.device
         # TorchScript's graph-executor optimisation (autodiff subgraphs) makes compute(), which
-        # differentiates inside the graph, about 1.4x slower than the plain interpreter.
+        # differentiates inside the graph, slower than the plain interpreter (docs/benchmarks.md).
         with torch.jit.optimized_execution(False):
             out = self.model.compute(
                 torch.from_numpy(positions).to(dev), torch.from_numpy(atoms.numbers.astype(np.int64)).to(dev),

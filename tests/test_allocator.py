@@ -1,4 +1,5 @@
-"""tcmalloc preloading: the `so3krates` command re-executes itself with it, `lmp` runs get it."""
+"""Allocation for large systems: glibc tuned in process when a model is loaded, and tcmalloc preloading
+(the `so3krates` command re-executes itself with it, `lmp` runs get it)."""
 import os
 import subprocess
 import sys
@@ -40,3 +41,37 @@ def test_lmp_runs_get_tcmalloc_unless_turned_off(monkeypatch):
     assert "tcmalloc" in subprocess_env()["LD_PRELOAD"]
     monkeypatch.setenv(OPT_OUT, "0")
     assert "tcmalloc" not in subprocess_env().get("LD_PRELOAD", "")
+
+
+MMAPPED_BLOCKS = """
+import ctypes, sys, torch
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] != "-":
+    from so3krates.export import load_exported
+    load_exported(sys.argv[1])
+before = libc.mallinfo2().hblks          # blocks glibc holds from mmap (each handed back on free)
+block = torch.empty(50_000_000)          # 200 MB, the size of a large system's per-edge tensor
+print(libc.mallinfo2().hblks - before)
+"""
+
+
+def mmapped_blocks(model, extra_env):
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "SO3KRATES_MALLOC_TUNING")}
+    env.update(extra_env)
+    proc = subprocess.run([sys.executable, "-c", MMAPPED_BLOCKS, model], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.split()[-1])
+
+
+def test_loading_a_model_keeps_large_blocks_in_the_heap_without_tcmalloc(export_random):
+    """No system package needed: loading a model tunes glibc so that large blocks come from the heap
+    (reused across evaluations) instead of mmap (page-faulted in again at every evaluation)."""
+    model = export_random("allocator_tiny")
+    assert mmapped_blocks("-", {}) >= 1                     # glibc's default: a 200 MB block is mmapped
+    assert mmapped_blocks(model, {}) == 0                   # after loading a model: from the heap
+    assert mmapped_blocks(model, {"SO3KRATES_MALLOC_TUNING": "0"}) >= 1   # the opt-out
