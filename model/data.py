@@ -285,7 +285,7 @@ def check_distances(s: Structure, i: np.ndarray, j: np.ndarray, shifts: np.ndarr
         d = np.linalg.norm(s.positions[j] - s.positions[i] + shifts, axis=1)
         e = int(np.argmin(d))
         if d[e] < min_distance:
-            raise DataError(f"{s.source}: atoms {i[e]} and {j[e]} are {d[e]:.4f} A apart (closer than {min_distance} A): "
+            raise DataError(f"{s.source}: atoms {i[e]} and {j[e]} are closer than {min_distance} A ({d[e]:.2g} A): "
                             f"two atoms at the same position; remove the duplicated atom from this structure")
 
 

@@ -193,10 +193,8 @@ def check_distances(vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Ten
         d2 = (vectors * vectors).sum(-1)
         if bool((d2 < min_distance * min_distance).any()):
             e = int(torch.argmin(d2))
-            d = float(torch.sqrt(d2[e]))
-            raise ValueError("atoms " + str(int(idx_i[e])) + " and " + str(int(idx_j[e])) + " are "
-                             + str(float(int(d * 1e6)) / 1e6) + " A apart (closer than "
-                             + str(min_distance) + " A): two atoms at the same position; remove the "
+            raise ValueError("atoms " + str(int(idx_i[e])) + " and " + str(int(idx_j[e])) + " are closer than "
+                             + str(min_distance) + " A: two atoms at the same position; remove the "
                              "duplicated atom from the structure (or, in MD, shorten the time step)")
 
 
