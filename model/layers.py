@@ -269,12 +269,12 @@ class EuclideanTransformerLayer(nn.Module):
             diff = gather(ev, idx_j) - gather(ev, idx_i)
             delta = (diff * diff) @ self.contract                                  # (E, n_D)
         # Eq. 20: the two filter nets
-        w_inv = self.filter_inv(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero)
-        w_ev = self.filter_ev(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero)
+        w_inv = self.filter_inv(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero=ev_is_zero)
+        w_ev = self.filter_ev(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero=ev_is_zero)
         # Eqs. 15, 21 and 26: both attention updates from the same x and ev
-        dx = self.invariant_attention(x, w_inv, geometry.phi, idx_i, idx_j, mirrored)
+        dx = self.invariant_attention(x, w_inv, geometry.phi, idx_i, idx_j, mirrored=mirrored)
         dev = self.euclidean_attention(x, w_ev, geometry.phi, geometry.sh, self.expand, self.parity,
-                                       idx_i, idx_j, mirrored)
+                                       idx_i, idx_j, mirrored=mirrored)
         x = self.mlp_1(self.layer_norm_1(x + dx))
         ev = ev + dev
         # Eqs. 24-27: exchange block and its residual sums

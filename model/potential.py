@@ -87,7 +87,7 @@ class Potential(nn.Module):
             vectors = vectors.detach()
         if need_grad:
             vectors.requires_grad_(True)
-        energies = self.network(vectors, idx_i, idx_j, species, True)
+        energies = self.network(vectors, idx_i, idx_j, species, half_list=True)
         counted = energies
         if num_local >= 0:
             counted = energies[:num_local]
@@ -158,7 +158,7 @@ class Potential(nn.Module):
         pairs = self.neighbors(positions, cell, pbc)
         idx_i, idx_j, shifts = half_pairs(pairs[0], pairs[1], pairs[2])
         vectors = self.edge_vectors(positions, idx_i, idx_j, shifts)
-        return self.network(vectors, idx_i, idx_j, species, True).sum()
+        return self.network(vectors, idx_i, idx_j, species, half_list=True).sum()
 
 
 def half_pairs(idx_i: torch.Tensor, idx_j: torch.Tensor, shifts: Optional[torch.Tensor]
