@@ -58,9 +58,27 @@ def load_checkpoint(path: str | os.PathLike) -> Dict[str, Any]:
     return payload
 
 
+# Module names of checkpoints saved before the reference layer options (config without
+# `qkv_projections`): their one LayerNorm switch made norm_attention (now layer_norm_1) and
+# norm_out (layer_norm_2), their residual MLP sat after the exchange block (now mlp_2).
+LEGACY_MODULE_NAMES = {".norm_attention.": ".layer_norm_1.", ".norm_out.": ".layer_norm_2.", ".mlp.": ".mlp_2."}
+
+
+def upgrade_state_dict(config: Dict[str, Any], state_dict: Dict[str, Any]) -> Dict[str, Any]:
+    """The state dict of a checkpoint under today's module names."""
+    if "qkv_projections" in config:
+        return state_dict
+    upgraded = {}
+    for key, value in state_dict.items():
+        for old, new in LEGACY_MODULE_NAMES.items():
+            key = key.replace(old, new)
+        upgraded[key] = value
+    return upgraded
+
+
 def network_from_checkpoint(path_or_payload) -> Tuple[So3krates, Dict[str, Any]]:
     payload = path_or_payload if isinstance(path_or_payload, dict) else load_checkpoint(path_or_payload)
     network = So3krates(So3kratesConfig.from_dict(payload["config"]))
-    network.load_state_dict(payload["state_dict"])
+    network.load_state_dict(upgrade_state_dict(payload["config"], payload["state_dict"]))
     network.eval()
     return network, payload

@@ -9,6 +9,8 @@ MESSAGE_NORMALISATIONS = ("sqrt_d", "avg_neighbors")
 RADIAL_BASES = ("bernstein", "gaussian")
 CUTOFF_FUNCTIONS = ("cosine", "physnet")
 DTYPES = ("float32", "float64")
+QKV_PROJECTIONS = ("per_head", "full")
+QK_NON_LINEARITIES = ("identity", "silu")
 
 
 @dataclass
@@ -25,9 +27,27 @@ class So3kratesConfig:
     cutoff_function: str = "physnet"
     message_normalization: str = "sqrt_d"  # or "avg_neighbors"
     avg_num_neighbors: Optional[float] = None  # set from the training data when needed
-    layer_norm: bool = False       # LayerNorm after attention and at the end of each layer
-    residual_mlp: bool = False     # residual MLP on x at the end of each layer
-    energy_head_width: Optional[int] = None  # R in the energy head; defaults to F
+    # q/k/v projections: "per_head" (as the reference: one (F/H x F/H) matrix per head in the
+    # invariant attention, one (F/n_D x F/n_D) per degree in the Euclidean attention) or "full"
+    # (one F x F matrix each: the form of configs saved before this option existed).
+    qkv_projections: str = "per_head"
+    qk_non_linearity: str = "identity"  # activation on queries and keys (mlff: qk_non_linearity)
+    # The reference layer's optional blocks, named as in mlff / So3krates-torch. Order in a layer:
+    # attention -> [layer_normalization_1] -> [residual_mlp_1] -> exchange -> [residual_mlp_2]
+    # -> [layer_normalization_2]. SO3LR: both LayerNorms and residual_mlp_1.
+    layer_normalization_1: bool = False
+    layer_normalization_2: bool = False
+    residual_mlp_1: bool = False
+    residual_mlp_2: bool = False
+    layer_norm_eps: float = 1e-6   # flax's default, as in the reference (PyTorch's is 1e-5)
+    energy_head_width: Optional[int] = None  # R in the energy head (energy_regression_dim); defaults to F
+    # Learnable per-element scale s_Z and shift mu_Z of the atomic energies (SO3LR: both on).
+    energy_learn_atomic_type_scales: bool = False
+    energy_learn_atomic_type_shifts: bool = False
+    # ZBL screened nuclear repulsion (SO3LR's zbl_repulsion_bool), switched off smoothly between
+    # 0 and zbl_switch_radius (Angstrom) and multiplied by the cutoff function; model/zbl.py.
+    zbl_repulsion: bool = True
+    zbl_switch_radius: float = 1.5
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
@@ -65,6 +85,14 @@ class So3kratesConfig:
             bad(f"message_normalization {self.message_normalization!r}; choose one of {MESSAGE_NORMALISATIONS}")
         if self.dtype not in DTYPES:
             bad(f"dtype {self.dtype!r}; choose one of {DTYPES}")
+        if self.qkv_projections not in QKV_PROJECTIONS:
+            bad(f"qkv_projections {self.qkv_projections!r}; choose one of {QKV_PROJECTIONS}")
+        if self.qk_non_linearity not in QK_NON_LINEARITIES:
+            bad(f"qk_non_linearity {self.qk_non_linearity!r}; choose one of {QK_NON_LINEARITIES}")
+        if not self.layer_norm_eps > 0:
+            bad(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if not self.zbl_switch_radius > 0:
+            bad(f"zbl_switch_radius must be positive (Angstrom), got {self.zbl_switch_radius}")
 
     @property
     def interaction_range(self) -> float:
@@ -76,6 +104,18 @@ class So3kratesConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "So3kratesConfig":
+        """A config dict as saved in checkpoints and exported metadata. A dict without
+        `qkv_projections` was saved before the reference layer options existed: it keeps the
+        architecture it was trained with (full q/k/v matrices, LayerNorm eps 1e-5, its one
+        `layer_norm` switch for both LayerNorms, its `residual_mlp` after the exchange block, no ZBL)."""
+        d = dict(d)
+        if "qkv_projections" not in d:
+            layer_norm = bool(d.pop("layer_norm", False))
+            residual_mlp = bool(d.pop("residual_mlp", False))
+            legacy = dict(qkv_projections="full", layer_norm_eps=1e-5, zbl_repulsion=False,
+                          layer_normalization_1=layer_norm, layer_normalization_2=layer_norm,
+                          residual_mlp_2=residual_mlp)
+            d = {**legacy, **d}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - known
         if unknown:
@@ -87,13 +127,20 @@ class So3kratesConfig:
 
 
 # Presets: "default" follows the paper/SO3LR sizes; tiny and small are for tests and the demo.
+# "so3lr" is SO3LR's short-range network (so3lr/params/hyperparameters.json, "model"); its
+# charge/spin embeddings, electrostatics and dispersion are not part of this package.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(features=16, degrees=[1, 2], num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0),
     "small": dict(features=48, degrees=[1, 2, 3], num_layers=2, num_heads=4, num_rbf=16, cutoff=4.5),
     "default": dict(features=128, degrees=[1, 2, 3, 4], num_layers=3, num_heads=4, num_rbf=32, cutoff=4.5),
     "so3lr": dict(features=128, degrees=[1, 2, 3, 4], num_layers=3, num_heads=4, num_rbf=32, cutoff=4.5,
                   cutoff_function="physnet", message_normalization="avg_neighbors",
-                  avg_num_neighbors=13.169, layer_norm=True, residual_mlp=True),
+                  avg_num_neighbors=13.168995780096482, layer_normalization_1=True,
+                  layer_normalization_2=True, residual_mlp_1=True, residual_mlp_2=False,
+                  layer_norm_eps=1e-6, qk_non_linearity="identity", qkv_projections="per_head",
+                  radial_basis="bernstein", energy_head_width=128,
+                  energy_learn_atomic_type_scales=True, energy_learn_atomic_type_shifts=True,
+                  zbl_repulsion=True, zbl_switch_radius=1.5),
 }
 
 

@@ -267,6 +267,16 @@ def neighbor_pairs(s: Structure, cutoff: float):
     return find_pairs(s.positions, s.cell, s.pbc, cutoff)
 
 
+def check_distances(s: Structure, i: np.ndarray, j: np.ndarray, shifts: np.ndarray, min_distance: float = 0.01) -> None:
+    """Two atoms at (nearly) the same position make the model's edge directions undefined (NaN)."""
+    if len(i):
+        d = np.linalg.norm(s.positions[j] - s.positions[i] + shifts, axis=1)
+        e = int(np.argmin(d))
+        if d[e] < min_distance:
+            raise DataError(f"{s.source}: atoms {i[e]} and {j[e]} are closer than {min_distance} A ({d[e]:.2g} A): "
+                            f"two atoms at the same position; remove the duplicated atom from this structure")
+
+
 def make_graphs(structures: Sequence[Structure], elements: Sequence[int], cutoff: float, dtype) -> List[Graph]:
     import torch
     table = np.full(119, -1, dtype=np.int64)
@@ -278,6 +288,7 @@ def make_graphs(structures: Sequence[Structure], elements: Sequence[int], cutoff
             missing = sorted(set(s.numbers[species < 0].tolist()))
             raise DataError(f"{s.source}: element(s) {missing} are not among the model's elements {list(elements)}")
         i, j, shifts = neighbor_pairs(s, cutoff)
+        check_distances(s, i, j, shifts)
         graphs.append(Graph(
             positions=torch.tensor(s.positions, dtype=dtype), species=torch.from_numpy(species),
             idx_i=torch.from_numpy(i), idx_j=torch.from_numpy(j), shifts=torch.tensor(shifts, dtype=dtype),

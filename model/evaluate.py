@@ -55,7 +55,7 @@ def evaluate(model, data, batch_size: int = 32, json_path: Optional[str | os.Pat
     from so3krates.export import load_model
     module, _ = load_model(model)
     structures = read_dataset(data, **reader_options) if isinstance(data, (str, os.PathLike)) else list(data)
-    dtype = next((b.dtype for n, b in module.named_buffers() if n.endswith("energy_shift")), torch.float64)
+    dtype = next((w.dtype for n, w in module.named_parameters() if n.endswith("embedding.weight")), torch.float64)
     graphs = make_graphs(structures, list(module.elements), float(module.cutoff), dtype)
     predicted = predict_graphs(module, graphs, batch_size)
     metrics = error_metrics(structures, predicted["energy"], predicted["forces"])

@@ -2,11 +2,14 @@
 
 Shapes: N atoms, E directed edges (receiver i <- sender j), F invariant features,
 n_D degrees, S = sum over degrees of (2l + 1) Euclidean-variable components.
+
+Equation numbers refer to Frank et al., Nat. Commun. 15, 6539 (2024), as the authors'
+PyTorch port (So3krates-torch, blocks/euclidean_transformer.py) cites them.
 """
 from __future__ import annotations
 
 import math
-from typing import List
+from typing import List, NamedTuple
 
 import torch
 from torch import nn
@@ -45,8 +48,21 @@ class DegreeContraction(nn.Module):
         return (ev * ev) @ self.contract
 
 
+class EdgeGeometry(NamedTuple):
+    """What a layer needs of each edge, computed once per evaluation (So3krates.edge_geometry).
+
+    rbf (E, K) radial basis, or (0, 0) for a tabulated model, which reads `rows`/`weights`
+    (E, 4) (radial_table.hermite_weights) instead; phi (E,) cutoff function; sh (E, S) spherical
+    harmonics Y(u_ij)."""
+    rbf: torch.Tensor
+    rows: torch.Tensor
+    weights: torch.Tensor
+    phi: torch.Tensor
+    sh: torch.Tensor
+
+
 class FilterNet(nn.Module):
-    """w_ij = Lin_F->F(silu(Lin_K->F(rbf_ij))) + Lin_F/4->F(silu(Lin_nD->F/4(c(ev_j - ev_i)))).
+    """Eq. 20: w_ij = Lin_F->F(silu(Lin_K->F(rbf_ij))) + Lin_F/4->F(silu(Lin_nD->F/4(c(ev_j - ev_i)))).
 
     Evaluated in two parts. `distance_part` is all that does not depend on the Euclidean
     variables: the radial branch and both output biases, and in the first layer, where ev = 0 and
@@ -86,30 +102,64 @@ class FilterNet(nn.Module):
         return w.addmm_(fn.silu(self.spherical_in(delta)), self.spherical_out.weight.t().contiguous())
 
 
+class HeadProjection(nn.Module):
+    """A query/key/value projection x (N, F) -> (N, F).
+
+    per_head (the reference, Eq. 21): x is split into `blocks` slices of width F/blocks and each
+    slice has its own (F/blocks x F/blocks) matrix, weight (blocks, w, w), y_b = x_b W_b (mlff and
+    So3krates-torch: einsum("nhd,hde->nhe")). Otherwise one full F x F matrix, weight (F, F) as in
+    nn.Linear (y = x W^T): the form of models saved before per-head projections, whose state-dict
+    key (`<name>.weight`) it keeps."""
+
+    def __init__(self, features: int, blocks: int, per_head: bool):
+        super().__init__()
+        self.per_head = per_head
+        self.blocks = blocks
+        self.width = features // blocks
+        if per_head:
+            # lecun normal, as the reference
+            self.weight = nn.Parameter(torch.randn(blocks, self.width, self.width) / math.sqrt(self.width))
+        else:
+            self.weight = nn.Linear(features, features, bias=False).weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.per_head:
+            n = x.shape[0]
+            y = torch.bmm(x.view(n, self.blocks, self.width).transpose(0, 1), self.weight)   # (blocks, N, w)
+            return y.transpose(0, 1).reshape(n, self.blocks * self.width)
+        return fn.linear(x, self.weight)
+
+
 class InvariantAttention(nn.Module):
-    """Multi-head attention without softmax on x:
+    """Multi-head attention without softmax on x (Eqs. 15 and 21):
     x_i += concat_h sum_j phi(r_ij) alpha_ij,h (W_v x_j)_h with
     alpha_ij,h = sum_d (W_q x_i)_hd w_ij,hd (W_k x_j)_hd / nu.
 
     With `mirrored`, each edge (i, j) is a pair and the messages flow both ways, i <- j and
-    j <- i, sharing the (symmetric) filter w_ij."""
+    j <- i, sharing the (symmetric) filter w_ij. qk_silu applies silu to queries and keys
+    (qk_non_linearity)."""
 
-    def __init__(self, features: int, num_heads: int, normalization: float):
+    def __init__(self, features: int, num_heads: int, normalization: float, per_head: bool = True,
+                 qk_silu: bool = False):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = features // num_heads
-        self.query = nn.Linear(features, features, bias=False)
-        self.key = nn.Linear(features, features, bias=False)
-        self.value = nn.Linear(features, features, bias=False)
+        self.query = HeadProjection(features, num_heads, per_head)
+        self.key = HeadProjection(features, num_heads, per_head)
+        self.value = HeadProjection(features, num_heads, per_head)
+        self.qk_silu = qk_silu
         self.inv_norm = 1.0 / normalization
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor,
                 idx_i: torch.Tensor, idx_j: torch.Tensor, mirrored: bool) -> torch.Tensor:
         h, d = self.num_heads, self.head_dim
         q, k, v = self.query(x), self.key(x), self.value(x)
+        if self.qk_silu:
+            q, k = fn.silu(q), fn.silu(k)
         w = w.view(-1, h, d)
         scale = (phi * self.inv_norm).unsqueeze(-1)
         out = torch.zeros_like(x)
+        # Eq. 21: alpha_ij,h; Eq. 15: the phi-weighted sum of values
         alpha = (gather(q, idx_i).view(-1, h, d) * w * gather(k, idx_j).view(-1, h, d)).sum(-1) * scale
         out.index_add_(0, idx_i, (alpha.unsqueeze(-1) * gather(v, idx_j).view(-1, h, d)).view(-1, h * d))
         if mirrored:
@@ -119,17 +169,19 @@ class InvariantAttention(nn.Module):
 
 
 class EuclideanAttention(nn.Module):
-    """One head per degree: ev_i,l += sum_j phi(r_ij) alpha_ij^(l) Y_l(u_ij) with
+    """One head per degree (Eqs. 21 and 26): ev_i,l += sum_j phi(r_ij) alpha_ij^(l) Y_l(u_ij) with
     alpha_ij^(l) = sum_d (W_q x_i)_ld w_ij,ld (W_k x_j)_ld / nu'.
 
     With `mirrored`, also j <- i, using Y_l(u_ji) = (-1)^l Y_l(u_ij) (`parity`)."""
 
-    def __init__(self, features: int, num_degrees: int, normalization: float):
+    def __init__(self, features: int, num_degrees: int, normalization: float, per_head: bool = True,
+                 qk_silu: bool = False):
         super().__init__()
         self.num_degrees = num_degrees
         self.chunk = features // num_degrees
-        self.query = nn.Linear(features, features, bias=False)
-        self.key = nn.Linear(features, features, bias=False)
+        self.query = HeadProjection(features, num_degrees, per_head)
+        self.key = HeadProjection(features, num_degrees, per_head)
+        self.qk_silu = qk_silu
         self.inv_norm = 1.0 / normalization
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor,
@@ -137,6 +189,8 @@ class EuclideanAttention(nn.Module):
                 mirrored: bool) -> torch.Tensor:
         n, c = self.num_degrees, self.chunk
         q, k = self.query(x), self.key(x)
+        if self.qk_silu:
+            q, k = fn.silu(q), fn.silu(k)
         w = w.view(-1, n, c)
         scale = (phi * self.inv_norm).unsqueeze(-1)
         out = torch.zeros((x.shape[0], sh.shape[1]), dtype=sh.dtype, device=sh.device)
@@ -149,7 +203,7 @@ class EuclideanAttention(nn.Module):
 
 
 class ExchangeBlock(nn.Module):
-    """y = Lin([x_i, c(ev_i)]) split into (dx, b); x_i += dx, ev_i,l += b_l ev_i,l."""
+    """Eqs. 24-25: y = Lin([x_i, c(ev_i)]) split into (dx, b); x_i += dx, ev_i,l += b_l ev_i,l."""
 
     def __init__(self, features: int, num_degrees: int):
         super().__init__()
@@ -163,6 +217,8 @@ class ExchangeBlock(nn.Module):
 
 
 class ResidualMLP(nn.Module):
+    """x + Lin(silu(Lin(silu(x)))) (the reference's residual_mlp_1/2: Sequential(act, Linear, act, Linear))."""
+
     def __init__(self, features: int):
         super().__init__()
         self.lin1 = nn.Linear(features, features)
@@ -173,43 +229,55 @@ class ResidualMLP(nn.Module):
 
 
 class EuclideanTransformerLayer(nn.Module):
-    """Filters -> invariant + Euclidean attention (in parallel) -> residual -> [LayerNorm]
-    -> exchange -> [residual MLP] -> [LayerNorm]."""
+    """Filters -> invariant + Euclidean attention (in parallel) -> residual -> [layer_norm_1]
+    -> [mlp_1] -> exchange -> [mlp_2] -> [layer_norm_2]: the order of So3krates-torch's
+    EuclideanTransformer.forward (and mlff's)."""
 
     def __init__(self, features: int, degrees: List[int], num_heads: int, num_rbf: int,
-                 inv_normalization: float, ev_normalization: float, layer_norm: bool, residual_mlp: bool):
+                 inv_normalization: float, ev_normalization: float, *, per_head: bool = True,
+                 qk_silu: bool = False, layer_normalization_1: bool = False,
+                 layer_normalization_2: bool = False, residual_mlp_1: bool = False,
+                 residual_mlp_2: bool = False, layer_norm_eps: float = 1e-6):
         super().__init__()
         nd = len(degrees)
         self.filter_inv = FilterNet(num_rbf, nd, features)
         self.filter_ev = FilterNet(num_rbf, nd, features)
-        self.invariant_attention = InvariantAttention(features, num_heads, inv_normalization)
-        self.euclidean_attention = EuclideanAttention(features, nd, ev_normalization)
+        self.invariant_attention = InvariantAttention(features, num_heads, inv_normalization, per_head, qk_silu)
+        self.euclidean_attention = EuclideanAttention(features, nd, ev_normalization, per_head, qk_silu)
         self.exchange = ExchangeBlock(features, nd)
-        self.norm_attention = nn.LayerNorm(features) if layer_norm else nn.Identity()
-        self.norm_out = nn.LayerNorm(features) if layer_norm else nn.Identity()
-        self.mlp = ResidualMLP(features) if residual_mlp else nn.Identity()
+        # Registered in the order of the modules they replace (norm_attention, norm_out, mlp), so
+        # that the parameter order, and with it a saved optimizer state, stays that of old runs.
+        self.layer_norm_1 = nn.LayerNorm(features, eps=layer_norm_eps) if layer_normalization_1 else nn.Identity()
+        self.layer_norm_2 = nn.LayerNorm(features, eps=layer_norm_eps) if layer_normalization_2 else nn.Identity()
+        self.mlp_2 = ResidualMLP(features) if residual_mlp_2 else nn.Identity()
+        self.mlp_1 = ResidualMLP(features) if residual_mlp_1 else nn.Identity()
+        contraction = DegreeContraction(degrees)
+        parity = [float((-1) ** l) for l in degrees for _ in range(2 * l + 1)]
+        self.register_buffer("contract", contraction.contract.clone(), persistent=False)   # (S, n_D)
+        self.register_buffer("expand", contraction.expand.clone(), persistent=False)       # (n_D, S)
+        self.register_buffer("parity", torch.tensor(parity, dtype=torch.float64), persistent=False)  # (S,)
 
-    def forward(self, x: torch.Tensor, ev: torch.Tensor, rbf: torch.Tensor, rows: torch.Tensor,
-                weights: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor, idx_i: torch.Tensor,
-                idx_j: torch.Tensor, contract: torch.Tensor, expand: torch.Tensor, parity: torch.Tensor,
-                mirrored: bool, ev_is_zero: bool):
+    def forward(self, x: torch.Tensor, ev: torch.Tensor, geometry: EdgeGeometry, idx_i: torch.Tensor,
+                idx_j: torch.Tensor, mirrored: bool, ev_is_zero: bool):
         """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
         are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
-        costly filter nets run once per pair. contract (S, n_D), expand (n_D, S) and parity (S,)
-        come from the network; rbf is empty for a tabulated model, which reads its table cells
-        instead (rows and weights from radial_table.hermite_weights). ev_is_zero in the first
-        layer, where the filters' spherical branch is a constant."""
+        costly filter nets run once per pair. ev_is_zero in the first layer, where the filters'
+        spherical branch is a constant."""
         if ev_is_zero:
             delta = ev.new_zeros((0, 0))
         else:
             diff = gather(ev, idx_j) - gather(ev, idx_i)
-            delta = (diff * diff) @ contract                                       # (E, n_D)
-        w_inv = self.filter_inv(rbf, rows, weights, delta, ev_is_zero)
-        w_ev = self.filter_ev(rbf, rows, weights, delta, ev_is_zero)
-        dx = self.invariant_attention(x, w_inv, phi, idx_i, idx_j, mirrored)
-        dev = self.euclidean_attention(x, w_ev, phi, sh, expand, parity, idx_i, idx_j, mirrored)
-        x = self.norm_attention(x + dx)
+            delta = (diff * diff) @ self.contract                                  # (E, n_D)
+        # Eq. 20: the two filter nets
+        w_inv = self.filter_inv(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero=ev_is_zero)
+        w_ev = self.filter_ev(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero=ev_is_zero)
+        # Eqs. 15, 21 and 26: both attention updates from the same x and ev
+        dx = self.invariant_attention(x, w_inv, geometry.phi, idx_i, idx_j, mirrored=mirrored)
+        dev = self.euclidean_attention(x, w_ev, geometry.phi, geometry.sh, self.expand, self.parity,
+                                       idx_i, idx_j, mirrored=mirrored)
+        x = self.mlp_1(self.layer_norm_1(x + dx))
         ev = ev + dev
-        x, ev = self.exchange(x, ev, contract, expand)
-        x = self.norm_out(self.mlp(x))
+        # Eqs. 24-27: exchange block and its residual sums
+        x, ev = self.exchange(x, ev, self.contract, self.expand)
+        x = self.layer_norm_2(self.mlp_2(x))
         return x, ev

@@ -9,10 +9,15 @@ from torch import nn
 from torch.nn import functional as fn
 
 from .config import So3kratesConfig
-from .layers import DegreeContraction, EuclideanTransformerLayer
+from .layers import DegreeContraction, EdgeGeometry, EuclideanTransformerLayer
 from .radial import CutoffFunction, RadialBasis
 from .radial_table import DEFAULT_POINTS, grid, hermite_table, hermite_weights
 from .spherical_harmonics import SphericalHarmonics
+from .zbl import ZBLRepulsion
+
+# Buffers and parameters that stay float64 whatever dtype the network computes in: the
+# per-element energy scale and shift (~ -1000 eV; float32 would round them by ~1e-4 eV).
+FLOAT64_TENSORS = ("energy_scale", "energy_shift")
 
 
 class So3krates(nn.Module):
@@ -44,22 +49,47 @@ class So3krates(nn.Module):
         self.radial_basis = RadialBasis(config.radial_basis, config.num_rbf, config.cutoff, config.bernstein_gamma)
         self.cutoff_function = CutoffFunction(config.cutoff_function, config.cutoff)
         self.spherical_harmonics = SphericalHarmonics(degrees)
-        self.contraction = DegreeContraction(degrees)
-        parity = [float((-1) ** l) for l in degrees for _ in range(2 * l + 1)]
-        self.register_buffer("parity", torch.tensor(parity, dtype=torch.float64), persistent=False)
+        self.contraction = DegreeContraction(degrees)   # its buffers are in every saved state dict
         self.layers = nn.ModuleList([
-            EuclideanTransformerLayer(f, degrees, config.num_heads, config.num_rbf, nu_inv, nu_ev,
-                                      config.layer_norm, config.residual_mlp)
+            EuclideanTransformerLayer(
+                f, degrees, config.num_heads, config.num_rbf, nu_inv, nu_ev,
+                per_head=config.qkv_projections == "per_head", qk_silu=config.qk_non_linearity == "silu",
+                layer_normalization_1=config.layer_normalization_1,
+                layer_normalization_2=config.layer_normalization_2,
+                residual_mlp_1=config.residual_mlp_1, residual_mlp_2=config.residual_mlp_2,
+                layer_norm_eps=config.layer_norm_eps)
             for _ in range(config.num_layers)])
         width = config.energy_head_width or f
         self.energy_hidden = nn.Linear(f, width)
         self.energy_out = nn.Linear(width, 1)
-        # E_i = s_Z e_i + mu_Z; mu fitted by least squares (or isolated atoms) at training time.
-        self.register_buffer("energy_scale", torch.ones(len(config.elements), dtype=torch.float64))
-        self.register_buffer("energy_shift", torch.zeros(len(config.elements), dtype=torch.float64))
+        # E_i = s_Z e_i + mu_Z; mu fitted by least squares (or isolated atoms) at training time,
+        # both learnable when the config says so (SO3LR). Always float64 (see _apply).
+        num_elements = len(config.elements)
+        for name, init, learn in (("energy_scale", 1.0, config.energy_learn_atomic_type_scales),
+                                  ("energy_shift", 0.0, config.energy_learn_atomic_type_shifts)):
+            value = torch.full((num_elements,), init, dtype=torch.float64)
+            if learn:
+                self.register_parameter(name, nn.Parameter(value))
+            else:
+                self.register_buffer(name, value)
+        self.zbl = ZBLRepulsion(list(config.elements), config.zbl_switch_radius) if config.zbl_repulsion else None
         self.tabulated = False
         self.table_points = 0
         self.to(getattr(torch, config.dtype))
+
+    def _apply(self, fn, recurse=True):
+        """As nn.Module._apply (`.to`, `.double()`, ...), but energy_scale and energy_shift keep
+        float64: only their device follows."""
+        kept = {name: getattr(self, name) for name in FLOAT64_TENSORS}
+        super()._apply(fn, recurse)
+        for name, old in kept.items():
+            device = fn(torch.zeros(1, dtype=torch.float64, device=old.device)).device
+            moved = old.data.to(device=device, dtype=torch.float64)
+            if isinstance(old, nn.Parameter):
+                old.data = moved
+            else:
+                self._buffers[name] = moved
+        return self
 
     @torch.jit.ignore
     def tabulate_radial_filters(self, num_points: int = DEFAULT_POINTS) -> None:
@@ -81,6 +111,23 @@ class So3krates(nn.Module):
         self.tabulated = True
         self.table_points = num_points
 
+    def edge_geometry(self, r: torch.Tensor, u: torch.Tensor) -> EdgeGeometry:
+        """Everything the layers need of each edge, from distances r (E,) and unit vectors u (E, 3)."""
+        if self.tabulated:
+            rows, weights = hermite_weights(r, self.cutoff, self.table_points)
+            rbf = r.new_zeros((0, 0))
+        else:
+            rbf = self.radial_basis(r)
+            rows, weights = torch.zeros((0, 4), dtype=torch.long, device=r.device), r.new_zeros((0, 4))
+        return EdgeGeometry(rbf=rbf, rows=rows, weights=weights, phi=self.cutoff_function(r),
+                            sh=self.spherical_harmonics(u))
+
+    def readout(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """Atomic energies E_i = s_Z e_i + mu_Z with e_i = Lin(silu(Lin(x_i))), in float64: the
+        element shifts (~ -1000 eV) would otherwise cost ~1e-4 eV of round-off per atom in every sum."""
+        e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1).to(torch.float64)
+        return self.energy_scale.index_select(0, species) * e + self.energy_shift.index_select(0, species)
+
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
                 species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
         """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV,
@@ -90,22 +137,13 @@ class So3krates(nn.Module):
         costly filter nets run once per pair instead of once per direction.
         """
         r = torch.linalg.norm(vectors, dim=-1)
-        u = vectors / r.unsqueeze(-1)
-        if self.tabulated:
-            rows, weights = hermite_weights(r, self.cutoff, self.table_points)
-            rbf = r.new_zeros((0, 0))
-        else:
-            rbf = self.radial_basis(r)
-            rows, weights = torch.zeros((0, 4), dtype=torch.long, device=r.device), r.new_zeros((0, 4))
-        phi = self.cutoff_function(r)
-        sh = self.spherical_harmonics(u)
+        geometry = self.edge_geometry(r, vectors / r.unsqueeze(-1))
+        # Eq. 10: x_i = W_emb[Z_i]; the Euclidean variables start at zero (as in all released code)
         x = self.embedding(species)
         ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
         for t, layer in enumerate(self.layers):
-            x, ev = layer(x, ev, rbf, rows, weights, phi, sh, idx_i, idx_j, self.contraction.contract,
-                          self.contraction.expand, self.parity, half_list, t == 0)
-        e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
-        # Atomic energies are accumulated in float64 even for float32 models: the element shifts
-        # (~ -1000 eV) would otherwise cost ~1e-4 eV of round-off per atom in every sum.
-        scaled = (self.energy_scale.index_select(0, species) * e).to(torch.float64)
-        return scaled + self.energy_shift.index_select(0, species).to(torch.float64)
+            x, ev = layer(x, ev, geometry, idx_i, idx_j, mirrored=half_list, ev_is_zero=t == 0)
+        energies = self.readout(x, species)
+        if self.zbl is not None:
+            energies = energies + self.zbl(r, geometry.phi, species, idx_i, idx_j, mirrored=half_list).to(torch.float64)
+        return energies

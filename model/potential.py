@@ -36,7 +36,19 @@ class Potential(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.network.energy_shift.dtype
+        """The dtype the network computes in (its energy shifts and scales stay float64)."""
+        return self.network.embedding.weight.dtype
+
+    def edge_vectors(self, positions: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                     shifts: Optional[torch.Tensor]) -> torch.Tensor:
+        """r_ij = R_j - R_i + shift_ij, formed in float64 and then cast to the model dtype: a float32
+        model far from the origin (R ~ 1e4 A) would otherwise lose the differences to round-off."""
+        pos = positions.to(torch.float64)
+        vectors = pos.index_select(0, idx_j) - pos.index_select(0, idx_i)
+        if shifts is not None:
+            vectors = vectors + shifts.to(torch.float64)
+        check_distances(vectors, idx_i, idx_j)
+        return vectors.to(self.dtype)
 
     @torch.jit.export
     def species_index(self, atomic_numbers: torch.Tensor) -> torch.Tensor:
@@ -69,15 +81,13 @@ class Potential(nn.Module):
         """
         pos = positions.to(self.dtype)
         idx_i, idx_j, shifts = half_pairs(idx_i, idx_j, shifts)
-        vectors = pos.index_select(0, idx_j) - pos.index_select(0, idx_i)
-        if shifts is not None:
-            vectors = vectors + shifts.to(self.dtype)
+        vectors = self.edge_vectors(positions, idx_i, idx_j, shifts)
         need_grad = compute_forces or compute_virial
         if need_grad and not create_graph:
             vectors = vectors.detach()
         if need_grad:
             vectors.requires_grad_(True)
-        energies = self.network(vectors, idx_i, idx_j, species, True)
+        energies = self.network(vectors, idx_i, idx_j, species, half_list=True)
         counted = energies
         if num_local >= 0:
             counted = energies[:num_local]
@@ -110,7 +120,12 @@ class Potential(nn.Module):
     def neighbors(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
                   pbc: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """The built-in neighbour search: [idx_i, idx_j, shifts]."""
-        idx_i, idx_j, shifts = neighbor_list(positions.to(self.dtype), self.cutoff, cell, pbc)
+        # In float64 whatever the model dtype: which pairs lie within the cutoff must not depend on
+        # how far the structure is from the origin.
+        cell64: Optional[torch.Tensor] = None
+        if cell is not None:
+            cell64 = cell.to(torch.float64)
+        idx_i, idx_j, shifts = neighbor_list(positions.to(torch.float64), self.cutoff, cell64, pbc)
         return [idx_i, idx_j, shifts]
 
     @torch.jit.export
@@ -125,7 +140,7 @@ class Potential(nn.Module):
         cell is given); with edge_index (2, E) = (i, j) the caller's pairs and Cartesian
         shifts (E, 3) are used as they are.
         """
-        check_positions(positions)
+        check_positions(positions, atomic_numbers)
         species = self.species_index(atomic_numbers)
         if edge_index is None:
             pairs = self.neighbors(positions, cell, pbc)
@@ -138,15 +153,12 @@ class Potential(nn.Module):
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
                 cell: Optional[torch.Tensor] = None, pbc: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Total energy (eV, scalar), differentiable with respect to positions."""
-        check_positions(positions)
+        check_positions(positions, atomic_numbers)
         species = self.species_index(atomic_numbers)
         pairs = self.neighbors(positions, cell, pbc)
         idx_i, idx_j, shifts = half_pairs(pairs[0], pairs[1], pairs[2])
-        pos = positions.to(self.dtype)
-        vectors = pos.index_select(0, idx_j) - pos.index_select(0, idx_i)
-        if shifts is not None:
-            vectors = vectors + shifts
-        return self.network(vectors, idx_i, idx_j, species, True).sum()
+        vectors = self.edge_vectors(positions, idx_i, idx_j, shifts)
+        return self.network(vectors, idx_i, idx_j, species, half_list=True).sum()
 
 
 def half_pairs(idx_i: torch.Tensor, idx_j: torch.Tensor, shifts: Optional[torch.Tensor]
@@ -168,9 +180,30 @@ def half_pairs(idx_i: torch.Tensor, idx_j: torch.Tensor, shifts: Optional[torch.
     return idx_i[keep], idx_j[keep], shifts
 
 
-def check_positions(positions: torch.Tensor) -> None:
+# Two atoms closer than this are an error: the edge direction is undefined at 0 and no physical
+# structure comes near it (the ZBL repulsion of two H atoms at 0.01 A is ~1400 eV).
+MIN_DISTANCE_A = 0.01
+
+
+def check_distances(vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                    min_distance: float = 0.01) -> None:
+    """Coincident atoms (closer than min_distance = MIN_DISTANCE_A) -> an error naming the closest
+    such pair (atom indices in the order given to the model)."""
+    if vectors.shape[0] > 0:
+        d2 = (vectors * vectors).sum(-1)
+        if bool((d2 < min_distance * min_distance).any()):
+            e = int(torch.argmin(d2))
+            raise ValueError("atoms " + str(int(idx_i[e])) + " and " + str(int(idx_j[e])) + " are closer than "
+                             + str(min_distance) + " A: two atoms at the same position; remove the "
+                             "duplicated atom from the structure (or, in MD, shorten the time step)")
+
+
+def check_positions(positions: torch.Tensor, atomic_numbers: torch.Tensor) -> None:
     if positions.dim() != 2 or positions.shape[1] != 3:
         raise ValueError("positions must have shape (N, 3), got " + str(positions.shape))
+    if atomic_numbers.dim() != 1 or atomic_numbers.shape[0] != positions.shape[0]:
+        raise ValueError("atomic_numbers has shape " + str(atomic_numbers.shape) + " but positions has "
+                         + str(positions.shape[0]) + " atoms: give exactly one atomic number per atom")
     if not bool(torch.isfinite(positions).all()):
         raise ValueError("positions contain NaN or infinite values: the structure (or the MD run "
                          "that produced it) has blown up; check the input coordinates and time step")

@@ -21,7 +21,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, upgrade_state_dict
 from .config import So3kratesConfig, preset
 from .data import Structure, collate, dataset_sha256, make_graphs, neighbor_pairs, read_dataset
 from .evaluate import error_metrics, predict_graphs
@@ -280,8 +280,8 @@ class Trainer:
 
     def _restore(self, payload: Dict[str, Any]) -> None:
         t = payload["training"]
-        self.potential.network.load_state_dict(t["train_state_dict"])
-        self.ema.network.load_state_dict(payload["state_dict"])
+        self.potential.network.load_state_dict(upgrade_state_dict(payload["config"], t["train_state_dict"]))
+        self.ema.network.load_state_dict(upgrade_state_dict(payload["config"], payload["state_dict"]))
         self.optimizer.load_state_dict(t["optimizer"])
         self.schedule.load_state_dict(t["schedule"])
         torch.set_rng_state(t["rng"]["torch"])

@@ -44,6 +44,10 @@ class So3kratesOpenMMModule(nn.Module):
         pos = positions.detach()
         if self.subset:
             pos = pos.index_select(0, self.indices)
+        elif positions.shape[0] != self.atomic_numbers.shape[0]:
+            raise ValueError("the System has " + str(positions.shape[0]) + " particles but the so3krates force "
+                             "was created with " + str(self.atomic_numbers.shape[0]) + " atomic numbers: give "
+                             "create_force one atomic number per particle (or atoms=[...] for an ML region)")
         pos = pos.to(torch.float64) * self.angstrom_per_nm
         cell: Optional[torch.Tensor] = None
         pbc: Optional[torch.Tensor] = None

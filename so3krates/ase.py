@@ -9,6 +9,12 @@ from so3krates.export import load_model
 from so3krates.model.neighbors import find_pairs
 
 
+def model_error_message(exc: Exception) -> str:
+    """The message an exported model raised (the last `builtins.XxxError: ...` line of a torch.jit.Error)."""
+    lines = [line for line in str(exc).splitlines() if line.startswith("builtins.")]
+    return lines[-1].split(": ", 1)[-1] if lines else str(exc)
+
+
 class So3kratesCalculator(Calculator):
     """SO3krates as an ASE calculator, from a checkpoint (`best.ckpt`) or an exported model file.
 
@@ -38,10 +44,13 @@ class So3kratesCalculator(Calculator):
         # TorchScript's graph-executor optimisation (autodiff subgraphs) makes compute(), which
         # differentiates inside the graph, slower than the plain interpreter (docs/benchmarks.md).
         with torch.jit.optimized_execution(False):
-            out = self.model.compute(
-                torch.from_numpy(positions).to(dev), torch.from_numpy(atoms.numbers.astype(np.int64)).to(dev),
-                None, None, torch.stack([torch.from_numpy(i), torch.from_numpy(j)]).to(dev),
-                torch.from_numpy(shifts).to(dev), -1, True, bool(pbc.all()))
+            try:
+                out = self.model.compute(
+                    torch.from_numpy(positions).to(dev), torch.from_numpy(atoms.numbers.astype(np.int64)).to(dev),
+                    None, None, torch.stack([torch.from_numpy(i), torch.from_numpy(j)]).to(dev),
+                    torch.from_numpy(shifts).to(dev), -1, True, bool(pbc.all()))
+            except torch.jit.Error as exc:   # an exported model's error: its message, without the TorchScript trace
+                raise ValueError(model_error_message(exc)) from None
         energy = float(out["energy"].detach().sum())
         self.results = {
             "energy": energy,

@@ -63,9 +63,12 @@ def export_random(tmp_path_factory):
     return export
 
 
-def ethanol(vacuum: float = 6.0) -> Atoms:
-    """Ethanol centred in a non-periodic box, as `so3krates md ... ethanol` reads it."""
+def ethanol(vacuum: float = 6.0, rattle: float = 0.0) -> Atoms:
+    """Ethanol centred in a non-periodic box, as `so3krates md ... ethanol` reads it; `rattle`
+    displaces the atoms randomly (A, seeded) away from the symmetric ASE geometry."""
     atoms = molecule("CH3CH2OH")
+    if rattle:
+        atoms.rattle(rattle, seed=1)
     atoms.center(vacuum=vacuum)
     atoms.pbc = False
     return atoms
