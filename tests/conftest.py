@@ -36,7 +36,7 @@ def random_network(preset_name: str = "tiny", dtype: str = "float64", seed: int 
         if energy_scale is not None:
             net.energy_scale.fill_(energy_scale)
         if energy_shift is not None:
-            net.energy_shift.copy_(torch.tensor(list(energy_shift)[: len(elements)]))
+            net.energy_shift.copy_(torch.tensor(list(energy_shift)[: len(elements)], dtype=torch.float64))
     return net
 
 
@@ -115,7 +115,7 @@ def trained_ethanol(tmp_path_factory) -> Path:
     assert cli(["sample", "ethanol", "-o", str(data), "--method", "gfn2-xtb", "--temperature", "500",
                 "--frames", "100", "--stride", "10", "--seed", "1"]) == 0
     assert cli(["train", "--train", str(data), "--out", str(folder / "run"), "--preset", "tiny",
-                "--epochs", "40", "--lr", "5e-3", "--warmup-steps", "10", "--seed", "0", "--threads", "1",
+                "--epochs", "150", "--lr", "5e-3", "--warmup-steps", "10", "--seed", "0", "--threads", "1",
                 "--quiet"]) == 0
     export_model(folder / "run" / "best.ckpt", folder / "ethanol.pt", "float64")
     return folder / "ethanol.pt"

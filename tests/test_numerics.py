@@ -22,7 +22,7 @@ from so3krates.model.checkpoint import save_checkpoint
 from so3krates.model.data import DataError
 from so3krates.model.evaluate import evaluate
 from so3krates.model.train import TrainOptions, Trainer
-from so3krates.openmm import KJ_PER_MOL_PER_EV, create_force
+from so3krates.openmm_plugin import KJ_PER_MOL_PER_EV, create_force
 from so3krates.openmm_plugin.system import openmm_frame
 from so3krates.structures import water_box
 
