@@ -7,12 +7,33 @@ rather than after the whole run.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Optional
 
 
 class Interrupted(Exception):
     """Ctrl-C, with one line saying what was saved; the CLI prints it and exits with 130."""
+
+
+@contextmanager
+def whole():
+    """Ctrl-C waits until the block is done: a row or frame is written whole, and the count of
+    what was written stays true."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending = []
+    signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if pending:
+            raise KeyboardInterrupt
 
 
 def _writable_folder(folder: Path, flag: str, path) -> None:

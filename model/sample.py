@@ -121,11 +121,14 @@ class FrameFile:
 
     def write(self, frame: Atoms) -> None:
         from ase.io import write
-        if self._fh is None:
-            self._fh = open(self.path, "w")
-        write(self._fh, frame, format="extxyz")
-        self._fh.flush()
-        self.count += 1
+
+        from .outputs import whole
+        with whole():
+            if self._fh is None:
+                self._fh = open(self.path, "w")
+            write(self._fh, frame, format="extxyz")
+            self._fh.flush()
+            self.count += 1
 
     def close(self) -> None:
         if self._fh is not None:

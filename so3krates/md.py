@@ -96,33 +96,38 @@ class MDWriter:
         self._log = self._traj = None   # opened at the first row / frame (the paths were checked before)
 
     def row(self, step: int, epot: float, ekin: float) -> None:
+        from so3krates.model.outputs import whole
         self.check.row(step, epot, ekin)
-        if self.log_path and self._log is None:
-            self._log = open(self.log_path, "w", newline="")
-            self._csv = csv.writer(self._log)
-            self._csv.writerow(LOG_COLUMNS)
-        if self._log:
-            dof = max(3 * self.num_atoms - 3, 1)
-            temp = 2.0 * ekin / (dof * units.kB)
-            self._csv.writerow([step, f"{step * self.settings.timestep_fs / 1000.0:.6f}", f"{epot:.10f}",
-                                f"{ekin:.10f}", f"{epot + ekin:.10f}", f"{temp:.4f}"])
-            self._log.flush()
-        self.rows += 1
-        self.last_row_step = step
+        with whole():
+            if self.log_path and self._log is None:
+                self._log = open(self.log_path, "w", newline="")
+                self._csv = csv.writer(self._log)
+                self._csv.writerow(LOG_COLUMNS)
+            if self._log:
+                dof = max(3 * self.num_atoms - 3, 1)
+                temp = 2.0 * ekin / (dof * units.kB)
+                self._csv.writerow([step, f"{step * self.settings.timestep_fs / 1000.0:.6f}", f"{epot:.10f}",
+                                    f"{ekin:.10f}", f"{epot + ekin:.10f}", f"{temp:.4f}"])
+                self._log.flush()
+            self.rows += 1
+            self.last_row_step = step
 
     def frame(self, step: int, atoms: Atoms) -> None:
+        from ase.io import write
+
+        from so3krates.model.outputs import whole
         self.check.frame(step, atoms)
-        if self.traj_path and self._traj is None:
-            self._traj = open(self.traj_path, "w")
-        if self._traj:
-            from ase.io import write
-            frame = atoms.copy()
-            frame.calc = None
-            frame.info.update(step=step, time_fs=step * self.settings.timestep_fs, engine=self.engine)
-            write(self._traj, frame, format="extxyz")
-            self._traj.flush()
-        self.frames += 1
-        self.last_frame_step = step
+        frame = atoms.copy()
+        frame.calc = None
+        frame.info.update(step=step, time_fs=step * self.settings.timestep_fs, engine=self.engine)
+        with whole():
+            if self.traj_path and self._traj is None:
+                self._traj = open(self.traj_path, "w")
+            if self._traj:
+                write(self._traj, frame, format="extxyz")
+                self._traj.flush()
+            self.frames += 1
+            self.last_frame_step = step
 
     def close(self) -> None:
         for fh in (self._log, self._traj):

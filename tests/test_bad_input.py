@@ -56,6 +56,20 @@ def fails(capsys, argv, *phrases, code=1):
     return line
 
 
+def start(argv, **kwargs) -> subprocess.Popen:
+    """The CLI as a child that Ctrl-C (SIGINT) reaches even when this test runs in the background
+    (where the shell has SIGINT ignored, and children inherit that)."""
+    return subprocess.Popen(CLI + [str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kwargs)
+
+
+def interrupt(proc: subprocess.Popen):
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=600)   # a hang fails the test instead of blocking the suite
+    assert proc.returncode == 130, stderr[-3000:]
+    return stdout, stderr
+
+
 def one_error_line(proc: subprocess.CompletedProcess, verb: str, kind: str = "error") -> str:
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = [line for line in proc.stderr.splitlines() if line.startswith(f"so3krates {verb}: ")]
@@ -323,12 +337,10 @@ def test_ctrl_c_during_training_says_what_was_saved(data, tmp_path):
     out = tmp_path / "run"
     argv = [str(a) for a in train_args(data, out)]
     argv[argv.index("--epochs") + 1] = "100000"
-    proc = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(argv)
     while not (out / "metrics.csv").exists() and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate()
-    assert proc.returncode == 130, stderr[-3000:]
+    stdout, stderr = interrupt(proc)
     line = one_error_line(subprocess.CompletedProcess(argv, 130, stdout, stderr), "train", "interrupted")
     epoch = torch.load(out / "last.ckpt", weights_only=True)["training"]["epoch"]
     assert f"{out / 'last.ckpt'} holds the run up to epoch {epoch}" in line and "--resume" in line
@@ -481,12 +493,10 @@ def test_ctrl_c_during_md_keeps_the_rows_so_far(model, tmp_path):
     log, traj = tmp_path / "md.csv", tmp_path / "md.xyz"
     argv = ["md", str(model), "ethanol", "--steps", "100000000", "--log-every", "1", "--traj-every", "1",
             "--log", str(log), "--traj", str(traj), "--quiet"]
-    proc = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(argv)
     while proc.poll() is None and (not log.exists() or len(log.read_text().splitlines()) < 4):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate()
-    assert proc.returncode == 130, stderr[-3000:]
+    stdout, stderr = interrupt(proc)
     line = one_error_line(subprocess.CompletedProcess(argv, 130, stdout, stderr), "md", "interrupted")
     rows = list(csv.DictReader(open(log)))
     frames = read(traj, ":")
@@ -563,12 +573,10 @@ def test_ctrl_c_during_sample_keeps_the_frames_so_far(tmp_path):
     out = tmp_path / "x.xyz"
     argv = ["sample", "ethanol", "-o", str(out), "--frames", "100000", "--stride", "1", "--equilibration", "0",
             "--quiet"]
-    proc = subprocess.Popen(CLI + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start(argv)
     while proc.poll() is None and (not out.exists() or out.read_text().count("Properties=") < 3):
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate()
-    assert proc.returncode == 130, stderr[-3000:]
+    stdout, stderr = interrupt(proc)
     line = one_error_line(subprocess.CompletedProcess(argv, 130, stdout, stderr), "sample", "interrupted")
     frames = read(out, ":")
     assert f"{out} holds the {len(frames)} frame(s) labelled so far" in line
