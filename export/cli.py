@@ -25,6 +25,8 @@ def register(subparsers) -> None:
 
 
 def _export(args) -> int:
+    from so3krates.model.outputs import check_output_file
+    check_output_file(args.output, "-o")
     meta = export_model(args.checkpoint, args.output, dtype=args.dtype, radial_table=args.radial_table)
     print(f"wrote {args.output}: elements {meta['elements']}, cutoff {meta['cutoff_A']} A, "
           f"{meta['num_layers']} layers (interaction range {meta['interaction_range_A']} A), {meta['dtype']}, "

@@ -83,8 +83,38 @@ def export_model(source, output: str | os.PathLike, dtype: str = "float64",
     return metadata
 
 
+# What every reader of the metadata (info, the engines, validate) relies on.
+REQUIRED_FIELDS = ("format_version", "so3krates_version", "torch_version", "elements", "cutoff_A", "num_layers",
+                   "interaction_range_A", "length_unit", "energy_unit", "dtype")
+
+_checked: Dict[Tuple[str, int, int], bool] = {}
+
+
+def check_archive(path: str | os.PathLike) -> None:
+    """Refuse an archive whose content is damaged: every member's CRC-32 against the zip's record.
+    torch.jit.load does not check them (libtorch's miniz is built without CRC checks), so a
+    flipped byte in the weights would load and give wrong energies. One read of the file; the
+    answer is kept per (path, size, mtime)."""
+    path = Path(path)
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key in _checked:
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise NotASo3kratesModel(f"{path} is damaged ({exc.__class__.__name__}: {exc}); export the model "
+                                 f"again or copy it again") from None
+    if bad is not None:
+        raise NotASo3kratesModel(f"{path} is damaged: the CRC-32 of {bad} does not match the archive's record "
+                                 f"(a changed byte); export the model again or copy it again")
+    _checked[key] = True
+
+
 def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
-    """Metadata of an exported model, read from the archive without loading the model."""
+    """Metadata of an exported model, read from the archive without loading the model; the
+    archive's CRCs are checked (a damaged file is refused)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
@@ -93,13 +123,29 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
                                  f"with `so3krates export CHECKPOINT -o model.pt`")
     with zipfile.ZipFile(path) as archive:
         names = [n for n in archive.namelist() if n.endswith("/extra/" + METADATA_FILE)]
+        if not names and any(n.endswith("/data.pkl") for n in archive.namelist()) and not any(
+                "/code/" in n for n in archive.namelist()):
+            raise NotASo3kratesModel(f"{path} is a training checkpoint, not an exported model: export it with "
+                                     f"`so3krates export {path} -o model.pt`")
         if not names:
             raise NotASo3kratesModel(f"{path} has no so3krates metadata (extra/{METADATA_FILE}): it is not "
                                      f"a so3krates model; export one with `so3krates export CHECKPOINT -o model.pt`")
-        metadata = json.loads(archive.read(names[0]))
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
+        try:
+            metadata = json.loads(archive.read(names[0]))
+        except (ValueError, zipfile.BadZipFile) as exc:
+            raise NotASo3kratesModel(f"{path}: its metadata (extra/{METADATA_FILE}) cannot be read "
+                                     f"({exc.__class__.__name__}: {exc}); export the model again") from None
+    if not isinstance(metadata, dict):
+        raise NotASo3kratesModel(f"{path}: its metadata (extra/{METADATA_FILE}) is not a JSON object; "
+                                 f"export the model again")
+    if isinstance(metadata.get("format_version"), int) and metadata["format_version"] > FORMAT_VERSION:
         raise NotASo3kratesModel(f"{path} uses model format {metadata['format_version']}, newer than this "
                                  f"so3krates ({so3krates.__version__}, format {FORMAT_VERSION}); upgrade so3krates")
+    missing = [k for k in REQUIRED_FIELDS if k not in metadata]
+    if missing:
+        raise NotASo3kratesModel(f"{path}: its metadata lacks the field(s) {', '.join(missing)}; it was not "
+                                 f"written by `so3krates export` or was edited: export the model again")
+    check_archive(path)
     return metadata
 
 

@@ -11,9 +11,9 @@ class LammpsEngine:
         from .single_point import single_point
         return single_point(str(model_path), atoms, ranks=ranks)
 
-    def run_md(self, model_path, atoms, settings, ranks: int = 1, progress: bool = True):
+    def run_md(self, model_path, atoms, settings, ranks: int = 1, progress: bool = True, observer=None):
         from .md import run_md
-        return run_md(str(model_path), atoms, settings, ranks=ranks, progress=progress)
+        return run_md(str(model_path), atoms, settings, ranks=ranks, progress=progress, observer=observer)
 
 
 ENGINE = LammpsEngine()

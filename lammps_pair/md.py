@@ -7,6 +7,7 @@ converted back to the ASE frame and units.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from ase import Atoms
 
 from so3krates.engines import MDResult, MDSettings
 
-from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
+from .runner import THERMO_PRECISION, DumpTail, ThermoTail, run_lammps, setup_commands
 from .system import lammps_system, write_data
 from .units import ase_time_per_lammps_time
 
@@ -34,6 +35,7 @@ def md_script(system, model_path: str, settings: MDSettings) -> str:
     lines += ["fix integrate all nve",
               "thermo_style custom step pe ke etotal",
               THERMO_PRECISION,
+              "thermo_modify flush yes",   # the log is read while LAMMPS runs
               f"thermo {settings.log_every}"]
     if settings.traj_every:
         lines += [f"dump traj all custom {settings.traj_every} traj.dump id xu yu zu vx vy vz",
@@ -52,41 +54,67 @@ def run_chunks(steps: int, log_every: int) -> list:
     return runs
 
 
-def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progress: bool = True) -> MDResult:
+def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progress: bool = True,
+           observer=None) -> MDResult:
+    """The rows and frames are read from the LAMMPS log and dump while LAMMPS runs (after each
+    chunk in-process, every few seconds under mpiexec) and handed to `observer` at once. If LAMMPS
+    fails, its folder (input, data, log, dump) is kept and its path is in the error message."""
     from tqdm import tqdm
 
     settings.validate()
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
+    from so3krates.export import read_metadata
+    read_metadata(model_path)   # a missing, foreign or damaged model file is refused before LAMMPS starts
     system = lammps_system(atoms)
     result = MDResult(engine="lammps" if ranks == 1 else f"lammps:{ranks}", timestep_fs=settings.timestep_fs,
-                      num_atoms=len(atoms))
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        write_data(str(tmp / "data.lmp"), system, velocities=True)
-        script = md_script(system, str(model_path), settings)
-        runs = run_chunks(settings.steps, settings.log_every) if ranks == 1 else [f"run {settings.steps}"]
-        bar = tqdm(total=settings.steps, desc=f"lammps md ({ranks} rank{'s' if ranks > 1 else ''})", unit="step",
-                   disable=not progress or ranks > 1, leave=False)
-        chunk_steps = [int(r.split()[1]) for r in runs]
-        start = time.perf_counter()
-        log = run_lammps(script, tmp, ranks, runs, after_run=lambda k: bar.update(chunk_steps[k]))
-        result.wall_time_s = time.perf_counter() - start
+                      num_atoms=len(atoms), observer=observer)
+    tmp = Path(tempfile.mkdtemp(prefix="so3krates-lammps-md-"))
+    write_data(str(tmp / "data.lmp"), system, velocities=True)
+    script = md_script(system, str(model_path), settings)
+    runs = run_chunks(settings.steps, settings.log_every) if ranks == 1 else [f"run {settings.steps}"]
+    bar = tqdm(total=settings.steps, desc=f"lammps md ({ranks} rank{'s' if ranks > 1 else ''})", unit="step",
+               disable=not progress or ranks > 1, leave=False)
+    chunk_steps = [int(r.split()[1]) for r in runs]
+    thermo, dump = ThermoTail(tmp / "log.lammps"), DumpTail(tmp / "traj.dump")
+    velocity_unit = ase_time_per_lammps_time("metal")
+
+    def collect() -> None:
+        for row in thermo.feed():
+            step = int(row["Step"])
+            if step % settings.log_every == 0 and (not result.step or step > result.step[-1]):
+                result.add(step, row["PotEng"], row["KinEng"])
+        if not settings.traj_every:
+            return
+        for step, columns, values in dump.feed():
+            if step % settings.traj_every or step in result.frame_steps:
+                continue  # consecutive runs may repeat their boundary step
+            col = {name: k for k, name in enumerate(columns)}
+            values = values[np.argsort(values[:, col["id"]])]
+            frame = atoms.copy()
+            frame.calc = None
+            frame.positions = system.to_ase(values[:, [col["xu"], col["yu"], col["zu"]]])
+            frame.set_velocities(system.to_ase(values[:, [col["vx"], col["vy"], col["vz"]]]) / velocity_unit)
+            result.add_frame(step, frame)
+
+    def after_run(k: int) -> None:
+        bar.update(chunk_steps[k])
+        collect()
+
+    start = time.perf_counter()
+    try:
+        run_lammps(script, tmp, ranks, runs, after_run=after_run, poll=collect)
+        collect()
+    except RuntimeError as exc:
+        if str(exc).startswith("LAMMPS"):
+            raise RuntimeError(f"{exc}; its input, log and dump are kept in {tmp}") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
         bar.close()
-        thermo = parse_thermo(log)
-        for step, pe, ke in zip(thermo["Step"], thermo["PotEng"], thermo["KinEng"]):
-            if int(step) % settings.log_every == 0:
-                result.add(int(step), pe, ke)
-        if settings.traj_every:
-            for step, columns, values in read_dump(tmp / "traj.dump"):
-                if step % settings.traj_every or step in result.frame_steps:
-                    continue  # consecutive runs may repeat their boundary step
-                col = {name: k for k, name in enumerate(columns)}
-                values = values[np.argsort(values[:, col["id"]])]
-                frame = atoms.copy()
-                frame.calc = None
-                frame.positions = system.to_ase(values[:, [col["xu"], col["yu"], col["zu"]]])
-                frame.set_velocities(system.to_ase(values[:, [col["vx"], col["vy"], col["vz"]]]) / ase_time_per_lammps_time("metal"))
-                result.frames.append(frame)
-                result.frame_steps.append(step)
+    result.wall_time_s = time.perf_counter() - start
+    shutil.rmtree(tmp, ignore_errors=True)
     return result

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -36,11 +37,18 @@ def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units:
 THERMO_PRECISION = "thermo_modify format float %.17g"
 
 
+POLL_SECONDS = 2.0   # how often a multi-rank run's log and dump are read while it runs
+
+
 def run_lammps(script: str, workdir: Path, ranks: int = 1, runs: Sequence[str] = (),
-               after_run: Optional[Callable[[int], None]] = None, timeout: float = 3600.0) -> str:
+               after_run: Optional[Callable[[int], None]] = None, timeout: Optional[float] = None,
+               poll: Optional[Callable[[], None]] = None) -> str:
     """Run `script` and then the commands in `runs` (one `run ...` each) in `workdir`; returns the
-    LAMMPS log text. In-process, after_run(k) is called after runs[k] (progress bars). A failed run
-    raises RuntimeError with LAMMPS' ERROR line."""
+    LAMMPS log text. In-process, after_run(k) is called after runs[k] (progress bars, reading the
+    output so far); under mpiexec, poll() is called every POLL_SECONDS while `lmp` runs. No time
+    limit unless `timeout` (seconds) is given. A failed run raises RuntimeError with LAMMPS' ERROR
+    line; the workdir (input, log, dump, the child's stdout/stderr) is left for the caller to keep.
+    An exception from after_run/poll (or Ctrl-C) stops the run and is raised as it is."""
     workdir = Path(workdir)
     (workdir / "in.lammps").write_text(script)
     log = workdir / "log.lammps"
@@ -49,27 +57,144 @@ def run_lammps(script: str, workdir: Path, ranks: int = 1, runs: Sequence[str] =
         cwd = os.getcwd()
         os.chdir(workdir)  # relative file names in the script mean the same as under `lmp`
         try:
-            lmp.file("in.lammps")
+            _lammps_call(lmp.file, "in.lammps")
             for k, command in enumerate(runs):
-                lmp.command(command)
+                _lammps_call(lmp.command, command)
                 if after_run:
                     after_run(k)
-        except Exception as exc:  # LAMMPS errors arrive as a plain Exception with the ERROR text
-            raise RuntimeError(f"LAMMPS failed: {exc}") from None
         finally:
             os.chdir(cwd)
             lmp.close()
         return log.read_text()
     (workdir / "in.lammps").write_text(script + "\n".join(runs) + "\n")
     cmd = lmp_command(ranks) + ["-nocite", "-in", "in.lammps", "-log", str(log), "-screen", "none"]
-    proc = subprocess.run(cmd, cwd=workdir, env=subprocess_env(), capture_output=True, text=True,
-                          timeout=timeout)
+    with open(workdir / "stdout.txt", "w") as out, open(workdir / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, cwd=workdir, env=subprocess_env(), stdout=out, stderr=err, text=True)
+        start = time.monotonic()
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=POLL_SECONDS)
+                    break
+                except subprocess.TimeoutExpired:
+                    if poll:
+                        poll()
+                    if timeout is not None and time.monotonic() - start > timeout:
+                        raise RuntimeError(f"LAMMPS ({' '.join(cmd[:3])}) ran longer than the {timeout:g} s "
+                                           f"asked for and was stopped") from None
+        except BaseException:
+            _stop(proc)
+            raise
     text = log.read_text() if log.exists() else ""
     if proc.returncode != 0:
-        errors = [line for line in (text + proc.stdout + proc.stderr).splitlines() if "ERROR" in line]
-        detail = errors[0] if errors else (proc.stderr or proc.stdout)[-2000:]
+        stdout, stderr = (workdir / "stdout.txt").read_text(), (workdir / "stderr.txt").read_text()
+        errors = [line for line in (text + stdout + stderr).splitlines() if "ERROR" in line]
+        detail = errors[0] if errors else (stderr or stdout)[-2000:].strip().replace("\n", " | ")
         raise RuntimeError(f"LAMMPS ({' '.join(cmd[:3])}) failed with exit code {proc.returncode}: {detail}")
     return text
+
+
+def _lammps_call(function, argument: str) -> None:
+    try:
+        function(argument)
+    except Exception as exc:  # LAMMPS errors arrive as a plain Exception with the ERROR text
+        raise RuntimeError(f"LAMMPS failed: {' '.join(str(exc).split())}") from None
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a child `mpiexec lmp` (and its ranks, which mpiexec forwards the signal to)."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class ThermoTail:
+    """Thermo rows of a log that is still being written: feed() reads what was added since the
+    last call, keeps an incomplete last line for the next call, and returns the new rows
+    ({column: value}) in order."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.partial = Path(path), 0, ""
+        self.header: List[str] = []
+        self.reading = False
+
+    def feed(self) -> List[Dict[str, float]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "r", errors="replace") as fh:
+            fh.seek(self.offset)
+            text = fh.read()
+            self.offset = fh.tell()
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()   # "" when the text ended with a newline
+        rows = []
+        for line in lines:
+            words = line.split()
+            if words and words[0] == "Step":
+                self.header, self.reading = words, True
+                continue
+            if self.reading:
+                if words and words[0] == "Loop":
+                    self.reading = False
+                    continue
+                try:
+                    values = [float(w) for w in words]
+                except ValueError:
+                    continue
+                if values and len(values) == len(self.header):
+                    rows.append(dict(zip(self.header, values)))
+        return rows
+
+
+class DumpTail:
+    """Frames of a `dump custom` text file that is still being written: feed() returns the
+    frames completed since the last call, as read_dump does."""
+
+    def __init__(self, path: Path):
+        self.path, self.offset, self.lines = Path(path), 0, []
+        self.partial = ""
+
+    def feed(self) -> List[Tuple[int, List[str], np.ndarray]]:
+        if not self.path.exists():
+            return []
+        with open(self.path, "r", errors="replace") as fh:
+            fh.seek(self.offset)
+            text = fh.read()
+            self.offset = fh.tell()
+        lines = (self.partial + text).split("\n")
+        self.partial = lines.pop()
+        self.lines.extend(lines)
+        frames = []
+        while True:
+            frame, used = _dump_frame(self.lines)
+            if frame is None:
+                break
+            frames.append(frame)
+            del self.lines[:used]
+        return frames
+
+
+def _dump_frame(lines: List[str]):
+    """The first complete frame of `lines` and the number of lines it used, or (None, 0)."""
+    k = 0
+    while k < len(lines) and not lines[k].startswith("ITEM: TIMESTEP"):
+        k += 1
+    if k + 3 >= len(lines):
+        return None, 0
+    step, count = int(lines[k + 1]), int(lines[k + 3])
+    a = k + 4
+    while a < len(lines) and not lines[a].startswith("ITEM: ATOMS"):
+        a += 1
+    if a + 1 + count > len(lines):   # the header or some atom lines are not written yet
+        return None, 0
+    columns = lines[a].split()[2:]
+    values = np.array([[float(w) for w in lines[a + 1 + i].split()] for i in range(count)])
+    return (step, columns, values.reshape(count, len(columns))), a + 1 + count
 
 
 def parse_thermo(log_text: str) -> Dict[str, np.ndarray]:

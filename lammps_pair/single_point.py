@@ -1,6 +1,7 @@
 """Energy, per-atom energies, forces and virial of one structure through LAMMPS (`run 0`)."""
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Dict, Optional
@@ -23,9 +24,11 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
     in the frame and atom order of `atoms`."""
     if units not in lammps_units.SUPPORTED:
         raise ValueError(f"units {units!r}: the so3krates pair style supports {', '.join(lammps_units.SUPPORTED)}")
+    from so3krates.export import read_metadata
+    read_metadata(model_path)   # a missing, foreign or damaged model file is refused before LAMMPS starts
     system = lammps_system(atoms)
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        tmp = Path(tmp)
+    tmp = Path(tempfile.mkdtemp(prefix="so3krates-lammps-", dir=workdir))
+    try:
         write_data(str(tmp / "data.lmp"), system)
         script = setup_commands(system, model_path, "data.lmp", units, before_box) + "\n".join([
             extra_commands,
@@ -41,6 +44,15 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
         log = run_lammps(script, tmp, ranks)
         thermo = parse_thermo(log)
         _, columns, values = read_dump(tmp / "forces.dump")[0]
+    except RuntimeError as exc:
+        if str(exc).startswith("LAMMPS"):   # a failed LAMMPS run: keep its input and log
+            raise RuntimeError(f"{exc}; its input and log are kept in {tmp}") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
     conv = lammps_units.energy_per_ev(units, log)
     col = {name: k for k, name in enumerate(columns)}
     order = np.argsort(values[:, col["id"]])

@@ -15,11 +15,20 @@ CHECKPOINT_FORMAT = "so3krates-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+def default_file_mode() -> int:
+    """0666 & ~umask: the permissions open() gives a new file (mkstemp gives 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
-    """Call write(tmp_path), then rename over `path`: readers never see a half-written file."""
+    """Call write(tmp_path), then rename over `path`: readers never see a half-written file. The
+    file gets the permissions of a normally created file (0666 & ~umask), not mkstemp's 0600."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, default_file_mode())
     os.close(fd)
     try:
         write(tmp)

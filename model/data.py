@@ -39,20 +39,29 @@ class DataError(ValueError):
 
 
 def read_dataset(path: str | os.PathLike, energy_key: Optional[str] = None, forces_key: Optional[str] = None,
-                 energy_unit: str = "eV", length_unit: str = "A", require_energy: bool = True) -> List[Structure]:
-    """Read extended XYZ (any ASE format), sGDML .npz or a DeePMD raw folder (or a folder of them)."""
+                 energy_unit: str = "eV", length_unit: str = "A", require_energy: bool = True,
+                 require_forces: bool = False) -> List[Structure]:
+    """Read extended XYZ (any ASE format), sGDML .npz or a DeePMD raw folder (or a folder of them).
+    require_forces: a file in which no frame has forces is an error that says where forces were
+    looked for and what the file holds (forces under an unknown key are never dropped silently)."""
     path = Path(path)
     e_factor, l_factor = energy_factor(energy_unit), length_factor(length_unit)
     if not path.exists():
         raise FileNotFoundError(f"data file {path} does not exist")
     if path.is_dir():
         structures = _read_deepmd_tree(path)
+        where = "no set.*/force.npy in any DeePMD system"
     elif path.suffix == ".npz":
         structures = _read_npz(path)
+        where = "no F array in the npz (keys: " + ", ".join(_npz_keys(path)) + ")"
     else:
         structures = _read_ase(path, energy_key, forces_key)
+        where = _ase_force_keys(path, forces_key)
     if not structures:
         raise DataError(f"{path}: contains no structures")
+    if require_forces and all(s.forces is None for s in structures):
+        raise DataError(f"{path}: no frame has forces ({where}); name the forces with --forces-key KEY, "
+                        f"or train on energies alone with --energy-only")
     for s in structures:
         _convert_and_check(s, e_factor, l_factor, require_energy)
     return structures
@@ -132,6 +141,23 @@ def _read_ase(path: Path, energy_key: Optional[str], forces_key: Optional[str]) 
     return structures
 
 
+def _ase_force_keys(path: Path, forces_key: Optional[str]) -> str:
+    """Where forces were looked for and which per-atom arrays the first frame has, in words."""
+    from ase.io import read
+    try:
+        atoms = read(str(path), index=0)
+        arrays = sorted(k for k in atoms.arrays if k not in ("numbers", "positions"))
+    except Exception:  # noqa: BLE001 - only for the message
+        arrays = []
+    keys = forces_key or " / ".join(DEFAULT_FORCES_KEYS)
+    return f"looked for per-atom arrays {keys}; the first frame has {arrays or 'none'}"
+
+
+def _npz_keys(path: Path) -> List[str]:
+    with np.load(path, allow_pickle=False) as data:
+        return sorted(data.files)
+
+
 def _find(atoms, keys: Sequence[str], kind: str):
     """A value from the header (info), the per-atom arrays, or the calculator ASE attached."""
     results = atoms.calc.results if atoms.calc is not None else {}
@@ -156,21 +182,33 @@ def _read_npz(path: Path) -> List[Structure]:
         if key not in data.files:
             raise DataError(f"{path}: missing key {key!r} ({what}); an sGDML npz has keys E, F, R, z; "
                             f"this file has {sorted(data.files)}")
-    R = np.asarray(data["R"], dtype=np.float64)
-    z = np.asarray(data["z"]).astype(np.int64)
-    E = np.asarray(data["E"], dtype=np.float64).reshape(len(R), -1)
-    F = np.asarray(data["F"], dtype=np.float64) if "F" in data.files else None
+    def array(key: str, what: str) -> np.ndarray:
+        try:
+            return np.asarray(data[key], dtype=np.int64 if key == "z" else np.float64)
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: array {key} ({what}) is not numeric (dtype {data[key].dtype})") from None
+
+    R = array("R", "positions")
     if R.ndim != 3 or R.shape[2] != 3:
-        raise DataError(f"{path}: R has shape {R.shape}, expected (frames, atoms, 3)")
-    if E.shape[1] != 1:
-        raise DataError(f"{path}: E has shape {data['E'].shape}, expected ({len(R)},) or ({len(R)}, 1)")
+        raise DataError(f"{path}: array R (positions) has shape {R.shape}, expected (frames, atoms, 3)")
+    frames, atoms = R.shape[:2]
+    E = array("E", "energies")
+    if E.shape not in ((frames,), (frames, 1)):
+        raise DataError(f"{path}: array E (energies) has shape {E.shape}, expected ({frames},) or ({frames}, 1): "
+                        f"one energy per frame of R {R.shape}")
+    E = E.reshape(frames, 1)
+    z = array("z", "atomic numbers")
+    if z.shape not in ((atoms,), (frames, atoms)):
+        raise DataError(f"{path}: array z (atomic numbers) has shape {z.shape}, expected ({atoms},) or "
+                        f"({frames}, {atoms}) to match R {R.shape}")
     if z.ndim == 1:
         z = np.broadcast_to(z, R.shape[:2])
-    if z.shape != R.shape[:2]:
-        raise DataError(f"{path}: z has shape {data['z'].shape}, R has {R.shape}: they must describe the same atoms")
+    F = array("F", "forces") if "F" in data.files else None
     if F is not None and F.shape != R.shape:
-        raise DataError(f"{path}: F has shape {F.shape}, expected the shape of R {R.shape}")
-    lattice = np.asarray(data["lattice"], dtype=np.float64) if "lattice" in data.files else None
+        raise DataError(f"{path}: array F (forces) has shape {F.shape}, expected the shape of R {R.shape}")
+    lattice = array("lattice", "cell") if "lattice" in data.files else None
+    if lattice is not None and lattice.shape not in ((3, 3), (frames, 3, 3)):
+        raise DataError(f"{path}: array lattice has shape {lattice.shape}, expected (3, 3) or ({frames}, 3, 3)")
     structures = []
     for k in range(len(R)):
         real = z[k] != 0  # zero-padded atoms of smaller molecules
@@ -194,7 +232,10 @@ def _read_deepmd_tree(path: Path) -> List[Structure]:
 
 def _read_deepmd(path: Path) -> List[Structure]:
     from ase.data import atomic_numbers
-    types = np.loadtxt(path / "type.raw", dtype=np.int64, ndmin=1)
+    try:
+        types = np.loadtxt(path / "type.raw", dtype=np.int64, ndmin=1)
+    except ValueError as exc:
+        raise DataError(f"{path}/type.raw: expected one integer atom type per atom ({exc})") from None
     if not (path / "type_map.raw").is_file():
         raise DataError(f"{path}: missing type_map.raw (element symbols, one per type)")
     type_map = (path / "type_map.raw").read_text().split()
@@ -217,7 +258,17 @@ def _read_deepmd(path: Path) -> List[Structure]:
                 if required:
                     raise DataError(f"{s}: missing {name}.npy (frame {frame} onwards)")
                 return None
-            a = np.load(f)
+            try:
+                a = np.load(f, allow_pickle=False)
+            except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
+                raise DataError(f"{f}: cannot be read as a numpy .npy file ({exc.__class__.__name__}: {exc})") from None
+            meaning = {"coord": f"x y z of the {n} atoms of type.raw", "force": f"fx fy fz of the {n} atoms of "
+                       f"type.raw", "energy": "one energy", "box": "the 3x3 cell"}[name]
+            if a.ndim == 0 or (a.size and ((a.ndim == 1 and width != 1) or a[0].size != width)):
+                raise DataError(f"{f}: array {name} has shape {a.shape}, expected (frames, {width}): one row per "
+                                f"frame with {meaning}")
+            if not np.issubdtype(a.dtype, np.number):
+                raise DataError(f"{f}: array {name} is not numeric (dtype {a.dtype})")
             return a.reshape(len(a), width) if a.size else a.reshape(0, width)
         coord = load("coord", 3 * n, True)
         energy = load("energy", 1, True)

@@ -53,6 +53,12 @@ def evaluate(model, data, batch_size: int = 32, json_path: Optional[str | os.Pat
     """model: checkpoint, exported file, Potential or ScriptModule; data: a path (read with
     reader_options: energy_key, forces_key, energy_unit, length_unit) or a list of Structures."""
     from so3krates.export import load_model
+
+    from .outputs import check_output_file
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"--batch-size must be a positive number of structures, got {batch_size}")
+    check_output_file(json_path, "--json")
+    check_output_file(plot_path, "--plot")
     module, _ = load_model(model)
     structures = read_dataset(data, **reader_options) if isinstance(data, (str, os.PathLike)) else list(data)
     dtype = next((w.dtype for n, w in module.named_parameters() if n.endswith("embedding.weight")), torch.float64)

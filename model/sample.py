@@ -5,7 +5,7 @@ import os
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 from ase import Atoms, units
@@ -57,9 +57,11 @@ def level_of_theory(method: str) -> str:
     return f"{METHODS[method.lower()]} ({program})"
 
 
-def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True) -> List[Atoms]:
+def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True,
+           on_frame: Optional[Callable[[Atoms], None]] = None) -> List[Atoms]:
     """Langevin MD; every `stride` steps a copy of the atoms with the energy (eV) and forces (eV/A)
-    of that configuration, and its step, time and the level of theory in atoms.info."""
+    of that configuration, and its step, time and the level of theory in atoms.info. Each frame
+    goes to on_frame(frame) as soon as it is labelled."""
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.constraints import FixCom
     from ase.md.langevin import Langevin
@@ -93,6 +95,8 @@ def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True) -> Lis
             frame.info.update(level_of_theory=theory, temperature_K=settings.temperature, step=step,
                               time_fs=step * settings.timestep_fs, seed=settings.seed)
             frames.append(frame)
+            if on_frame is not None:
+                on_frame(frame)
             if bar is not None:
                 bar.update(1)
     finally:
@@ -108,8 +112,39 @@ def write_frames(path: str | os.PathLike, frames: List[Atoms]) -> None:
     atomic_write(path, lambda tmp: write(tmp, frames, format="extxyz"))
 
 
+class FrameFile:
+    """An extended XYZ file written frame by frame, flushed after each, with normal permissions:
+    it always holds every frame labelled so far."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path, self.count, self._fh = Path(path), 0, None
+
+    def write(self, frame: Atoms) -> None:
+        from ase.io import write
+
+        from .outputs import whole
+        with whole():
+            if self._fh is None:
+                self._fh = open(self.path, "w")
+            write(self._fh, frame, format="extxyz")
+            self._fh.flush()
+            self.count += 1
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+
+
 def sample_to_file(structure: str, output: str | os.PathLike, settings: Optional[SampleSettings] = None,
-                   progress: bool = True) -> List[Atoms]:
-    frames = sample(resolve_structure(structure), settings or SampleSettings(), progress=progress)
-    write_frames(output, frames)
-    return frames
+                   progress: bool = True, out: Optional[FrameFile] = None) -> List[Atoms]:
+    """Sample and write each frame to `output` as it is made (Ctrl-C keeps the frames so far)."""
+    from .outputs import check_output_file
+    settings = settings or SampleSettings()
+    settings.validate()
+    check_output_file(output, "-o")
+    atoms = resolve_structure(structure)
+    out = out or FrameFile(output)
+    try:
+        return sample(atoms, settings, progress=progress, on_frame=out.write)
+    finally:
+        out.close()

@@ -20,12 +20,18 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from .sample import SampleSettings, level_of_theory, sample_to_file
+    from .outputs import Interrupted
+    from .sample import FrameFile, SampleSettings, level_of_theory, sample_to_file
     settings = SampleSettings(method=args.method, temperature=args.temperature, frames=args.frames,
                               stride=args.stride, timestep_fs=args.timestep, friction_per_ps=args.friction,
                               equilibration=args.equilibration, seed=args.seed)
     settings.validate()
-    frames = sample_to_file(args.structure, args.output, settings, progress=not args.quiet)
+    out = FrameFile(args.output)
+    try:
+        frames = sample_to_file(args.structure, args.output, settings, progress=not args.quiet, out=out)
+    except KeyboardInterrupt:
+        raise Interrupted(f"{args.output} holds the {out.count} frame(s) labelled so far" if out.count
+                          else "no frame was labelled yet, nothing was saved") from None
     energies = [f.get_potential_energy() for f in frames]
     print(f"wrote {len(frames)} frames of {len(frames[0])} atoms ({level_of_theory(args.method)}, "
           f"{args.temperature:g} K) to {args.output}; energy {min(energies):.4f} .. {max(energies):.4f} eV")

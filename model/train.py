@@ -61,12 +61,30 @@ class TrainOptions:
     threads: Optional[int] = None
     progress: bool = True
     snapshot_times: List[float] = field(default_factory=list)   # seconds: extra EMA checkpoints (benchmarks)
+    energy_only: bool = False            # train without forces (asked for: data without forces is an error)
+    overwrite: bool = False              # replace the run files already in `out`
+    given: Optional[List[str]] = None    # options set explicitly (the CLI); None: all (compared on resume)
 
     def validate(self) -> None:
         if not self.train:
             raise ValueError("no training data: give --train FILE")
         if self.epochs is None and self.max_time is None:
             raise ValueError("give --epochs N or --max-time (e.g. 30m), or both")
+        if self.epochs is not None and self.epochs < 1:
+            raise ValueError(f"--epochs must be at least 1 (the total over all resumes), got {self.epochs}: "
+                             f"with {self.epochs} nothing would be trained")
+        if self.max_time is not None and not self.max_time > 0:
+            raise ValueError(f"--max-time must be longer than 0 s, got {self.max_time:g} s: nothing would be trained")
+        if not self.grad_clip >= 0:
+            raise ValueError(f"--grad-clip must be >= 0 (0: no clipping), got {self.grad_clip:g}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"--ema-decay must lie in [0, 1), got {self.ema_decay:g}")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        if not (math.isfinite(self.lr) and math.isfinite(self.energy_weight) and math.isfinite(self.forces_weight)):
+            raise ValueError("--lr, --energy-weight and --forces-weight must be finite numbers")
         if not 0.0 < self.valid_fraction < 1.0 and not self.valid:
             raise ValueError(f"--valid-fraction must lie between 0 and 1, got {self.valid_fraction}")
         if self.batch_size < 1 or self.lr <= 0:
@@ -75,6 +93,8 @@ class TrainOptions:
             raise ValueError(f"optimizer {self.optimizer!r}; choose adam or amsgrad")
         if self.energy_weight < 0 or self.forces_weight < 0 or self.energy_weight + self.forces_weight == 0:
             raise ValueError("loss weights must be >= 0 and not both zero")
+        if self.energy_only and not self.energy_weight > 0:
+            raise ValueError("--energy-only trains on energies: --energy-weight must be > 0")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype {self.dtype!r}; choose float32 or float64")
 
@@ -160,8 +180,43 @@ def average_neighbors(structures: Sequence[Structure], cutoff: float) -> float:
     return edges / sum(len(s) for s in structures)
 
 
-def read(path, options: TrainOptions) -> List[Structure]:
-    return read_dataset(path, options.energy_key, options.forces_key, options.energy_unit, options.length_unit)
+def read(path, options: TrainOptions, require_forces: bool = False) -> List[Structure]:
+    return read_dataset(path, options.energy_key, options.forces_key, options.energy_unit, options.length_unit,
+                        require_forces=require_forces)
+
+
+# Files a training run writes into its folder: a folder holding any of them holds an earlier run.
+RUN_FILES = ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "learning_curve.png", "snapshot_*.ckpt")
+# What a resumed run may change: how long it trains and how it reports. Everything else is the
+# run's recipe, kept as it started; the data files are checked by their sha256.
+RESUME_MAY_CHANGE = ("epochs", "max_time", "progress", "threads", "snapshot_times", "resume", "overwrite", "given",
+                     "train", "valid", "isolated_atoms")
+
+
+def run_files(out: Path) -> List[Path]:
+    return sorted({f for pattern in RUN_FILES for f in out.glob(pattern)}) if out.is_dir() else []
+
+
+def resume_conflicts(options: TrainOptions, stored: Dict[str, Any]) -> List[str]:
+    """The options given for a resumed run that differ from the stored run's, as 'flag VALUE
+    (the run has STORED)'."""
+    keys = options.given if options.given is not None else [f.name for f in dataclasses.fields(TrainOptions)]
+    conflicts = []
+    for key in keys:
+        if key in RESUME_MAY_CHANGE or key not in stored:
+            continue
+        new, old = getattr(options, key), stored[key]
+        same = new == old
+        if isinstance(new, (int, float)) and isinstance(old, (int, float)) and not isinstance(new, bool):
+            same = math.isclose(float(new), float(old), rel_tol=1e-12, abs_tol=0.0)
+        if not same:
+            flag = "--config model:" if key == "model" else "--" + key.replace("_", "-")
+            conflicts.append(f"{flag} {new!r} (the run has {old!r})")
+    return conflicts
+
+
+def absolute(path: Optional[str]) -> Optional[str]:
+    return str(Path(path).resolve()) if path else path
 
 
 def split(structures: List[Structure], fraction: float, seed: int):
@@ -191,9 +246,13 @@ def build_config(options: TrainOptions, train_set: List[Structure]) -> So3krates
 
 class Trainer:
     def __init__(self, options: TrainOptions):
+        from .outputs import check_output_folder
         options.validate()
         self.options = options
         self.out = Path(options.out)
+        check_output_folder(self.out, "--out")
+        if options.resume and options.overwrite:
+            raise ValueError("--resume continues the run in --out, --overwrite replaces it: give one of them")
         resume = None
         if options.resume:
             last = self.out / "last.ckpt"
@@ -201,17 +260,42 @@ class Trainer:
                 raise FileNotFoundError(f"nothing to resume: {last} does not exist; run without --resume")
             resume = load_checkpoint(last)
             stored = dict(resume["training"]["options"])
-            # The run's recipe stays as it started; only how long to train may change.
-            for key in ("epochs", "max_time", "progress", "threads", "snapshot_times", "resume"):
+            conflicts = resume_conflicts(options, stored)
+            if conflicts:
+                raise ValueError(f"--resume continues the run in {self.out} with its own settings, but "
+                                 f"{'; '.join(conflicts)}: drop these flags to resume, or start a new run with "
+                                 f"another --out")
+            # The run's recipe stays as it started; only how long to train may change. The data
+            # files may have moved (their sha256 is checked below); the paths given now are used.
+            for key in RESUME_MAY_CHANGE:
+                if key in ("train", "valid", "isolated_atoms") and not getattr(options, key):
+                    continue
                 stored[key] = getattr(options, key)
-            self.options = options = TrainOptions(**stored)
-        elif (self.out / "last.ckpt").exists():
-            raise ValueError(f"{self.out} already holds a run (last.ckpt): continue it with --resume or choose "
-                             f"another --out")
+            known = {f.name for f in dataclasses.fields(TrainOptions)}
+            self.options = options = TrainOptions(**{k: v for k, v in stored.items() if k in known})
+        else:
+            earlier = run_files(self.out)
+            if earlier and not options.overwrite:
+                raise ValueError(f"{self.out} already holds a run ({', '.join(f.name for f in earlier)}): continue "
+                                 f"it with --resume, replace it with --overwrite, or choose another --out")
+            for f in earlier:
+                f.unlink()
+        # Absolute data paths: the stored run can be resumed from any directory.
+        options.train, options.valid = absolute(options.train), absolute(options.valid)
+        options.isolated_atoms = absolute(options.isolated_atoms)
         torch.set_num_threads(options.threads or max(1, min(2, os.cpu_count() or 1)))
         self.dtype = getattr(torch, options.dtype)
 
-        structures = read(options.train, options)
+        if options.energy_only and options.forces_weight:
+            options.forces_weight = 0.0
+        structures = read(options.train, options, require_forces=not options.energy_only)
+        if options.energy_only:
+            print(f"training on energies only (--energy-only): forces in {options.train} are not used", flush=True)
+        else:
+            without = sum(s.forces is None for s in structures)
+            if without:
+                print(f"note: {without} of {len(structures)} frames of {options.train} have no forces; they "
+                      f"train the energy only", flush=True)
         if options.valid:
             self.train_set, self.valid_set = structures, read(options.valid, options)
         else:
@@ -227,9 +311,11 @@ class Trainer:
         }
         if resume is not None:
             old = resume["metadata"]
-            if old.get("training_data_sha256") != self.metadata["training_data_sha256"]:
-                raise ValueError(f"{options.train} changed since this run started (sha256 differs): resuming would "
-                                 f"train on other data; start a new run with another --out")
+            for kind, key in (("training", "training_data"), ("validation", "validation_data")):
+                if old.get(key + "_sha256") != self.metadata[key + "_sha256"]:
+                    raise ValueError(f"the {kind} data {self.metadata[key]} is not the data this run started with "
+                                     f"({old.get(key)}; sha256 differs): resuming would train on other data; start "
+                                     f"a new run with another --out")
             config = So3kratesConfig.from_dict(resume["config"])
         else:
             config = build_config(options, self.train_set)

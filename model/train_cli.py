@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
+from typing import Any, Dict
 
 # Flags whose value (when given) overrides the config file's `training:` section.
 TRAINING_FLAGS = ("valid", "valid_fraction", "preset", "max_time", "epochs", "seed", "energy_key", "forces_key",
                   "energy_unit", "length_unit", "batch_size", "lr", "optimizer", "energy_weight", "forces_weight",
                   "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads")
+# The type of each value a config file's `training:` section may set (None: may also be null).
+TRAINING_TYPES: Dict[str, Any] = {
+    "valid": (str, None), "valid_fraction": float, "preset": str, "max_time": ((int, float, str), None),
+    "epochs": (int, None), "seed": int, "energy_key": (str, None), "forces_key": (str, None), "energy_unit": str,
+    "length_unit": str, "batch_size": int, "lr": float, "optimizer": str, "energy_weight": float,
+    "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
+    "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
+    "threads": (int, None), "energy_only": bool,
+}
+# A run folder's config.yaml carries the run's own bookkeeping: not a recipe.
+BOOKKEEPING_KEYS = ("train", "out", "resume", "progress", "snapshot_times", "model", "given", "overwrite")
 
 
 def add_reader_flags(p) -> None:
@@ -29,7 +42,11 @@ def register(subparsers) -> None:
     p.add_argument("--max-time", help="training wall-clock budget over all resumes, e.g. 30m, 2h, 90s")
     p.add_argument("--epochs", type=int, help="total epochs over all resumes")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt (with the "
+                                                         "run's own settings; only --epochs/--max-time may change)")
+    p.add_argument("--overwrite", action="store_true", help="replace the run files already in --out")
+    p.add_argument("--energy-only", action="store_true", help="train on energies alone (without this, data "
+                                                              "without forces is an error)")
     add_reader_flags(p)
     p.add_argument("--batch-size", type=int, help="structures per batch (default 16)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
@@ -46,40 +63,128 @@ def register(subparsers) -> None:
     p.set_defaults(func=main)
 
 
+def _type_name(expected) -> str:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    names = []
+    for k in kinds:
+        if isinstance(k, tuple):
+            names.extend(t.__name__ for t in k)
+        else:
+            names.append("null" if k is None else k.__name__)
+    return " or ".join(dict.fromkeys(n.replace("str", "text").replace("float", "number")
+                                     .replace("int", "integer").replace("bool", "true/false") for n in names))
+
+
+def _type_ok(value, expected) -> bool:
+    kinds = expected if isinstance(expected, tuple) else (expected,)
+    for k in kinds:
+        if k is None and value is None:
+            return True
+        if k is None:
+            continue
+        types = k if isinstance(k, tuple) else (k,)
+        if isinstance(value, bool) and bool not in types:
+            continue
+        if isinstance(value, types) or (float in types and isinstance(value, int) and not isinstance(value, bool)):
+            return True
+    return False
+
+
+def check_section(path, section: str, values: Dict[str, Any], expected: Dict[str, Any]) -> None:
+    """Unknown keys (with the closest known one) and values of the wrong type, one line each."""
+    for key, value in values.items():
+        if key not in expected:
+            close = difflib.get_close_matches(str(key), list(expected), n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"{path}: unknown key {key!r} in `{section}:`; {hint}valid keys: "
+                             f"{', '.join(sorted(expected))}")
+        if not _type_ok(value, expected[key]):
+            raise ValueError(f"{path}: `{section}: {key}` must be {_type_name(expected[key])}, got "
+                             f"{value!r} ({type(value).__name__})")
+
+
+def model_types() -> Dict[str, Any]:
+    """Types of the So3kratesConfig fields, from their defaults."""
+    from .config import So3kratesConfig
+    defaults = So3kratesConfig()
+    types: Dict[str, Any] = {}
+    for f in dataclasses.fields(So3kratesConfig):
+        value = getattr(defaults, f.name)
+        types[f.name] = type(value) if value is not None else (object, None)   # None default: anything
+    types["avg_num_neighbors"] = ((int, float), None)
+    types["energy_head_width"] = (int, None)
+    return types
+
+
+def read_config(path) -> Dict[str, Any]:
+    import yaml
+    try:
+        with open(path) as fh:
+            cfg = yaml.safe_load(fh) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a YAML text file") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping with `model:` and/or `training:` sections, got "
+                         f"{type(cfg).__name__}")
+    return cfg
+
+
 def options_from_args(args):
     from .train import TrainOptions, parse_duration
-    known = {f.name for f in dataclasses.fields(TrainOptions)}
     values = {}
     if args.config:
-        import yaml
-        with open(args.config) as fh:
-            cfg = yaml.safe_load(fh) or {}
-        if not isinstance(cfg, dict):
-            raise ValueError(f"{args.config}: expected a mapping with `model:` and/or `training:` sections")
+        cfg = read_config(args.config)
         if "model" in cfg or "training" in cfg:
+            extra = sorted(set(cfg) - {"model", "training"})
+            if extra:
+                close = difflib.get_close_matches(str(extra[0]), ["model", "training"], n=1, cutoff=0.6)
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise ValueError(f"{args.config}: unknown section {extra[0]!r}; {hint}valid sections: model, training")
+            for section in ("model", "training"):
+                if not isinstance(cfg.get(section) or {}, dict):
+                    raise ValueError(f"{args.config}: `{section}:` must be a mapping of keys, got "
+                                     f"{cfg[section]!r}")
             values["model"] = dict(cfg.get("model") or {})
             training = dict(cfg.get("training") or {})
         else:  # a flat file of architecture keys
             values["model"], training = dict(cfg), {}
-        # A run folder's config.yaml carries the run's own bookkeeping: not a recipe.
-        for key in ("train", "out", "resume", "progress", "snapshot_times", "model"):
+        for key in BOOKKEEPING_KEYS:
             training.pop(key, None)
-        unknown = set(training) - known
-        if unknown:
-            raise ValueError(f"{args.config}: unknown training keys {sorted(unknown)}; known: {sorted(known)}")
-        values.update(training)
         values["model"].pop("dtype", None)
-    for name in TRAINING_FLAGS:
-        if getattr(args, name, None) is not None:
-            values[name] = getattr(args, name)
+        check_section(args.config, "training", training, TRAINING_TYPES)
+        check_section(args.config, "model", values["model"], model_types())
+        values.update(training)
+    for name in TRAINING_FLAGS + ("energy_only",):
+        value = getattr(args, name, None)
+        if value is not None and value is not False:   # 0 is a value (--epochs 0 is refused, not ignored)
+            values[name] = value
     if values.get("max_time") is not None:
         values["max_time"] = parse_duration(values["max_time"])
-    return TrainOptions(train=args.train, out=args.out, resume=args.resume, progress=not args.quiet, **values)
+    given = sorted(k for k in values if k != "model" or values["model"])
+    return TrainOptions(train=args.train, out=args.out, resume=args.resume, progress=not args.quiet,
+                        overwrite=args.overwrite, given=given, **values)
 
 
 def main(args) -> int:
-    from .train import train
+    from pathlib import Path
+
+    from .outputs import Interrupted
+    from .train import Trainer
     options = options_from_args(args)
-    best = train(options)
+    try:
+        best = Trainer(options).run()
+    except KeyboardInterrupt:
+        last = Path(options.out) / "last.ckpt"
+        if not last.is_file():
+            raise Interrupted(f"no epoch was finished, no checkpoint was saved in {options.out}") from None
+        from .checkpoint import load_checkpoint
+        epoch = load_checkpoint(last)["training"]["epoch"]
+        raise Interrupted(f"{last} holds the run up to epoch {epoch} (best.ckpt the best model so far); continue "
+                          f"it with the same command and --resume") from None
     print(f"best model (EMA weights): {best}; export it with `so3krates export {best} -o model.pt`")
     return 0

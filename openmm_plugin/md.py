@@ -22,7 +22,7 @@ PS_PER_FS = 1e-3
 
 
 def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True,
-           platform: Optional[str] = None) -> MDResult:
+           platform: Optional[str] = None, observer=None) -> MDResult:
     import openmm
     from openmm import unit
     from tqdm import tqdm
@@ -48,7 +48,7 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
         velocities = velocities - 0.5 * dt_ps * forces / masses            # kJ/mol/nm/amu = nm/ps^2
     context.setVelocities(velocities)
 
-    result = MDResult(engine="openmm", timestep_fs=settings.timestep_fs, num_atoms=len(atoms))
+    result = MDResult(engine="openmm", timestep_fs=settings.timestep_fs, num_atoms=len(atoms), observer=observer)
 
     def record(step: int) -> None:
         want_frame = bool(settings.traj_every) and step % settings.traj_every == 0
@@ -67,8 +67,7 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
             snapshot.calc = None
             snapshot.positions = frame.to_ase(np.asarray(pos))
             snapshot.set_velocities(frame.to_ase(np.asarray(vel)) / NM_PER_PS_PER_ASE_VELOCITY)
-            result.frames.append(snapshot)
-            result.frame_steps.append(step)
+            result.add_frame(step, snapshot)
 
     # Advance in chunks up to the next step that needs a log row or a frame.
     marks = {0, settings.steps}
@@ -78,11 +77,17 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
     marks = sorted(m for m in marks if m <= settings.steps)
     bar = tqdm(total=settings.steps, desc="openmm md", unit="step", disable=not progress, leave=False)
     start = time.perf_counter()
-    record(0)
-    for previous, step in zip(marks, marks[1:]):
-        integrator.step(step - previous)
-        record(step)
-        bar.update(step - previous)
-    bar.close()
+    try:
+        record(0)
+        for previous, step in zip(marks, marks[1:]):
+            try:
+                integrator.step(step - previous)
+            except openmm.OpenMMException as exc:   # e.g. "Particle coordinate is NaN": the run blew up
+                raise RuntimeError(f"OpenMM stopped between steps {previous} and {step}: "
+                                   f"{' '.join(str(exc).split())}") from None
+            record(step)
+            bar.update(step - previous)
+    finally:
+        bar.close()
     result.wall_time_s = time.perf_counter() - start
     return result

@@ -37,6 +37,13 @@ class So3kratesCalculator(Calculator):
         positions = np.asarray(atoms.positions, dtype=np.float64)
         if not np.isfinite(positions).all():
             raise ValueError("atoms.positions contain NaN or infinite values")
+        unknown = sorted(set(atoms.numbers.tolist()) - set(self.elements))
+        if unknown:
+            from ase.data import chemical_symbols
+            raise ValueError(f"the structure contains {', '.join(chemical_symbols[z] for z in unknown)}, which the "
+                             f"model does not know (its elements: "
+                             f"{' '.join(chemical_symbols[z] for z in self.elements)}); use a model trained on "
+                             f"these elements")
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
         i, j, shifts = self._pairs(positions, cell, pbc)

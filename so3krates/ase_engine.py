@@ -26,7 +26,7 @@ class AseEngine:
         return out
 
     def run_md(self, model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1,
-               progress: bool = True) -> MDResult:
+               progress: bool = True, observer=None) -> MDResult:
         from ase.md.langevin import Langevin
         from ase.md.verlet import VelocityVerlet
         from tqdm import tqdm
@@ -40,7 +40,7 @@ class AseEngine:
             dyn = Langevin(atoms, timestep=dt, temperature_K=settings.temperature,
                            friction=settings.friction_per_ps / (1000.0 * units.fs),
                            rng=np.random.default_rng(settings.seed))
-        result = MDResult(engine="ase", timestep_fs=settings.timestep_fs, num_atoms=len(atoms))
+        result = MDResult(engine="ase", timestep_fs=settings.timestep_fs, num_atoms=len(atoms), observer=observer)
         bar = tqdm(total=settings.steps, desc="ase md", unit="step", disable=not progress, leave=False)
 
         def record(step: int) -> None:
@@ -49,16 +49,17 @@ class AseEngine:
             if settings.traj_every and step % settings.traj_every == 0:
                 frame = atoms.copy()
                 frame.calc = None
-                result.frames.append(frame)
-                result.frame_steps.append(step)
+                result.add_frame(step, frame)
 
         start = time.perf_counter()
-        record(0)
-        for step in range(1, settings.steps + 1):
-            dyn.run(1)
-            record(step)
-            bar.update(1)
-        bar.close()
+        try:
+            record(0)
+            for step in range(1, settings.steps + 1):
+                dyn.run(1)
+                record(step)
+                bar.update(1)
+        finally:
+            bar.close()
         result.wall_time_s = time.perf_counter() - start
         return result
 

@@ -44,11 +44,34 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from so3krates.model.outputs import Interrupted
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"so3krates {args.verb}: error: {exc}", file=sys.stderr)
+    except Interrupted as exc:
+        print(f"so3krates {args.verb}: interrupted: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print(f"so3krates {args.verb}: interrupted; nothing was saved", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:   # FileNotFoundError, PermissionError are OSErrors
+        print(f"so3krates {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of an error on one line. Errors raised inside TorchScript carry the script's
+    traceback after the message: keep the message only."""
+    text = str(exc).strip()
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return text
+    if lines[0].startswith("The following operation failed in the TorchScript interpreter"):
+        # The last line is "RuntimeError: <message>" (or another builtin error).
+        last = lines[-1]
+        return last.split(": ", 1)[1] if ": " in last and last.split(": ", 1)[0].endswith("Error") else last
+    return " ".join(lines)
 
 
 def entry() -> None:

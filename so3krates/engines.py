@@ -8,6 +8,10 @@ lives in its own folder as one module that defines `ENGINE` (see `Engine`):
     openmm   so3krates/openmm_plugin/engine.py  an openmm-torch TorchForce in an OpenMM Context
     lammps   so3krates/lammps_pair/engine.py    the LAMMPS plugin pair style, 1 or N MPI ranks
 
+An MD run reports each log row and trajectory frame, as it is made, to an optional observer
+(`MDObserver`, passed as `run_md(..., observer=)`): `so3krates md` writes them to its files as
+they come, so that Ctrl-C or a crash keeps everything done so far.
+
 Adding an engine means adding such a module and its line in `REGISTRY`; `so3krates md`,
 `so3krates validate` and the demo then offer it. Engines are imported only when asked for, so
 that choosing ASE never loads OpenMM or MPI.
@@ -16,7 +20,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Protocol
+from typing import Any, Dict, List, Optional, Protocol
 
 import numpy as np
 from ase import Atoms, units
@@ -42,8 +46,25 @@ class MDSettings:
     def validate(self) -> None:
         if self.ensemble not in ("nve", "nvt"):
             raise ValueError(f"ensemble {self.ensemble!r} is not supported; use 'nve' or 'nvt'")
-        if self.timestep_fs <= 0 or self.steps < 0 or self.log_every < 1:
-            raise ValueError("timestep must be > 0, steps >= 0 and log_every >= 1")
+        if not self.timestep_fs > 0 or self.steps < 0 or self.log_every < 1 or self.traj_every < 0:
+            raise ValueError(f"--timestep must be > 0 (got {self.timestep_fs:g}), --steps >= 0 (got {self.steps}), "
+                             f"--log-every >= 1 (got {self.log_every}) and --traj-every >= 0 (got {self.traj_every})")
+        if not self.temperature >= 0:
+            raise ValueError(f"--temperature must be >= 0 K, got {self.temperature:g}")
+        if self.ensemble == "nvt" and not self.friction_per_ps > 0:
+            raise ValueError(f"--friction must be > 0 for nvt, got {self.friction_per_ps:g}")
+
+
+class MDObserver(Protocol):
+    """Told of each log row and trajectory frame as the engine makes them (energies in eV; the
+    frame's positions in A and velocities in ASE units, in the frame of the input structure).
+    An exception it raises stops the run and reaches the caller of run_md."""
+
+    def row(self, step: int, potential_eV: float, kinetic_eV: float) -> None:
+        ...
+
+    def frame(self, step: int, atoms: Atoms) -> None:
+        ...
 
 
 @dataclass
@@ -58,11 +79,20 @@ class MDResult:
     timestep_fs: float = 0.5
     num_atoms: int = 0
     wall_time_s: float = 0.0
+    observer: Optional[Any] = field(default=None, repr=False, compare=False)   # an MDObserver
 
     def add(self, step: int, epot: float, ekin: float) -> None:
         self.step.append(int(step))
         self.potential_eV.append(float(epot))
         self.kinetic_eV.append(float(ekin))
+        if self.observer is not None:
+            self.observer.row(int(step), float(epot), float(ekin))
+
+    def add_frame(self, step: int, atoms: Atoms) -> None:
+        self.frames.append(atoms)
+        self.frame_steps.append(int(step))
+        if self.observer is not None:
+            self.observer.frame(int(step), atoms)
 
     @property
     def time_fs(self) -> np.ndarray:
@@ -90,9 +120,10 @@ class Engine(Protocol):
         """{'energy': eV, 'forces': (N, 3) eV/A, 'virial': (3, 3) eV or None}."""
 
     def run_md(self, model_path: str, atoms: Atoms, settings: MDSettings, ranks: int = 1,
-               progress: bool = True) -> MDResult:
+               progress: bool = True, observer: Optional[MDObserver] = None) -> MDResult:
         """MD from the positions AND velocities of `atoms` (ASE units), so that every engine starts
-        from the identical state."""
+        from the identical state. Each row and frame goes to `observer` as soon as it is made
+        (through MDResult.add / add_frame); no time limit."""
 
 
 def names() -> List[str]:
@@ -144,12 +175,15 @@ def single_point(spec: EngineSpec, model_path: str, atoms: Atoms) -> Dict[str, O
 
 
 def run_md(spec: EngineSpec, model_path: str, atoms: Atoms, settings: MDSettings,
-           progress: bool = True) -> MDResult:
+           progress: bool = True, observer: Optional[MDObserver] = None) -> MDResult:
     settings.validate()
     engine = get(spec.engine)
     if spec.ranks != 1 and not engine.parallel:
         raise ValueError(f"--ranks applies to the lammps engine only, not {spec.engine}")
-    return engine.run_md(spec.model or model_path, atoms, settings, ranks=spec.ranks, progress=progress)
+    if spec.ranks < 1:
+        raise ValueError(f"--ranks must be >= 1, got {spec.ranks}")
+    return engine.run_md(spec.model or model_path, atoms, settings, ranks=spec.ranks, progress=progress,
+                         observer=observer)
 
 
 def initial_state(atoms: Atoms, temperature: float, seed: int) -> Atoms:

@@ -26,14 +26,21 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
+    from so3krates.model.outputs import check_output_file
     engines = EngineSpec.parse_list(args.engines)
+    if args.steps < 1 or not args.timestep > 0 or not args.temperature >= 0:
+        raise ValueError(f"--steps must be >= 1 (got {args.steps}), --timestep > 0 (got {args.timestep:g}) and "
+                         f"--temperature >= 0 (got {args.temperature:g})")
+    check_output_file(args.json, "--json")   # before the run, not after it
+    check_output_file(args.plot, "--plot")
     settings = ValidationSettings(steps=args.steps, timestep_fs=args.timestep, temperature=args.temperature,
                                   seed=args.seed)
     report = validate(args.model, read_structure(args.structure), engines, settings, progress=not args.quiet)
     print(format_report(report))
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump({k: v for k, v in report.items() if not k.startswith("_")}, fh, indent=1)
+        from so3krates.model.checkpoint import atomic_write
+        text = json.dumps({k: v for k, v in report.items() if not k.startswith("_")}, indent=1)
+        atomic_write(args.json, lambda tmp: open(tmp, "w").write(text))
     if args.plot:
         plot_report(report, args.plot)
     return 0 if report["passed"] else 1

@@ -27,6 +27,10 @@ def energy_conservation(result: MDResult) -> Dict[str, float]:
     etot = result.total_eV
     if len(t_ps) < 3:
         raise ValueError("too few logged steps for a drift fit; run more steps or log more often")
+    if not np.isfinite(etot).all():   # a blown-up run: reported as such by validate()
+        nan = float("nan")
+        return {"drift_meV_per_atom_per_ps": nan, "fluctuation_meV_per_atom": nan,
+                "fluctuation_to_kinetic_ratio": nan, "duration_ps": float(t_ps[-1] - t_ps[0])}
     slope, intercept = np.polyfit(t_ps, etot, 1)
     residual = etot - (slope * t_ps + intercept)
     fluct = float(np.sqrt(np.mean(residual ** 2)))

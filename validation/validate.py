@@ -81,17 +81,20 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
     failures: List[str] = []
     for label in labels:
         s = step0[label]
-        if s["max_abs_dE_meV_per_atom"] > tol.max_abs_dE_meV_per_atom:
+        if not s["max_abs_dE_meV_per_atom"] <= tol.max_abs_dE_meV_per_atom:   # NaN fails too
             failures.append(f"{label}: step-0 energy differs from ase by {s['max_abs_dE_meV_per_atom']:.3g} meV/atom "
                             f"(tolerance {tol.max_abs_dE_meV_per_atom:g})")
-        if s["max_abs_dF_meV_per_A"] > tol.max_abs_dF_meV_per_A:
+        if not s["max_abs_dF_meV_per_A"] <= tol.max_abs_dF_meV_per_A:
             failures.append(f"{label}: step-0 forces differ from ase by {s['max_abs_dF_meV_per_A']:.3g} meV/A "
                             f"(tolerance {tol.max_abs_dF_meV_per_A:g})")
         c = nve[label]
-        if abs(c["drift_meV_per_atom_per_ps"]) > tol.max_abs_drift_meV_per_atom_per_ps:
+        if not np.isfinite(runs[label].total_eV).all():
+            failures.append(f"{label}: the NVE run blew up (non-finite energies); lower --timestep "
+                            f"(now {settings.timestep_fs:g} fs)")
+        if not abs(c["drift_meV_per_atom_per_ps"]) <= tol.max_abs_drift_meV_per_atom_per_ps:
             failures.append(f"{label}: NVE drift {c['drift_meV_per_atom_per_ps']:.3g} meV/atom/ps "
                             f"(tolerance {tol.max_abs_drift_meV_per_atom_per_ps:g})")
-        if c["fluctuation_to_kinetic_ratio"] > tol.max_fluctuation_to_kinetic_ratio:
+        if not c["fluctuation_to_kinetic_ratio"] <= tol.max_fluctuation_to_kinetic_ratio:
             failures.append(f"{label}: total-energy fluctuation is {c['fluctuation_to_kinetic_ratio']:.3g} of the "
                             f"kinetic-energy fluctuation (tolerance {tol.max_fluctuation_to_kinetic_ratio:g}): "
                             f"the time step is too large or the forces are not the energy gradient")
