@@ -35,6 +35,7 @@ def model_path(export_random):
     return export_random("tiny_md", num_layers=2, energy_scale=ENERGY_SCALE, energy_shift=None)
 
 
+@pytest.mark.slow
 def test_nve_two_picoseconds_conserves_energy(model_path):
     settings = MDSettings(ensemble="nve", timestep_fs=0.5, steps=4000, log_every=20, traj_every=0)
     result = run("lammps", model_path, ethanol_at_300K(), settings, progress=False)

@@ -225,6 +225,7 @@ def test_mixed_system_with_interpolation_runs(model, solvated):
     assert np.isfinite(ctx.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
 
 
+@pytest.mark.slow
 def test_nve_energy_drift_is_small(tmp_path):
     """VerletIntegrator, 0.5 fs, 2 ps on ethanol (float64 model, Reference platform).
 
