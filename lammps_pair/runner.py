@@ -14,8 +14,9 @@ from .system import LammpsSystem
 
 # LAMMPS pressure = virial / volume * nktv2p; these are LAMMPS' own force->nktv2p values.
 NKTV2P = {"metal": 1.6021765e6, "real": 68568.415}
-# 1 eV = 96.485332 kJ/mol (CODATA), 1 kcal = 4.184 kJ.
-KCAL_PER_MOL_PER_EV = 96.485332 / 4.184
+# LAMMPS' own eV -> kcal/mol factor (utils::get_conversion_factor(ENERGY, METAL2REAL)), which the
+# pair style uses for `units real`; CODATA gives 96.485332 / 4.184 = 23.0605478, 5e-8 smaller.
+KCAL_PER_MOL_PER_EV = 23.060549
 ENERGY_PER_EV = {"metal": 1.0, "real": KCAL_PER_MOL_PER_EV}
 
 

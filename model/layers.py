@@ -192,13 +192,15 @@ class EuclideanTransformerLayer(nn.Module):
     def forward(self, x: torch.Tensor, ev: torch.Tensor, rbf: torch.Tensor, rows: torch.Tensor,
                 weights: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor, idx_i: torch.Tensor,
                 idx_j: torch.Tensor, contract: torch.Tensor, expand: torch.Tensor, parity: torch.Tensor,
-                mirrored: bool, ev_is_zero: bool):
+                mirrored: bool, ev_is_zero: bool, num_receivers: int = -1):
         """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
         are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
         costly filter nets run once per pair. contract (S, n_D), expand (n_D, S) and parity (S,)
         come from the network; rbf is empty for a tabulated model, which reads its table cells
         instead (rows and weights from radial_table.hermite_weights). ev_is_zero in the first
-        layer, where the filters' spherical branch is a constant."""
+        layer, where the filters' spherical branch is a constant. num_receivers >= 0: only the first
+        num_receivers atoms are updated and returned (the atoms a LAMMPS rank owns; the rest are
+        senders whose state is read, not computed)."""
         if ev_is_zero:
             delta = ev.new_zeros((0, 0))
         else:
@@ -208,6 +210,8 @@ class EuclideanTransformerLayer(nn.Module):
         w_ev = self.filter_ev(rbf, rows, weights, delta, ev_is_zero)
         dx = self.invariant_attention(x, w_inv, phi, idx_i, idx_j, mirrored)
         dev = self.euclidean_attention(x, w_ev, phi, sh, expand, parity, idx_i, idx_j, mirrored)
+        if num_receivers >= 0:
+            x, ev, dx, dev = x[:num_receivers], ev[:num_receivers], dx[:num_receivers], dev[:num_receivers]
         x = self.norm_attention(x + dx)
         ev = ev + dev
         x, ev = self.exchange(x, ev, contract, expand)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import List
 
 import torch
 from torch import nn
@@ -81,14 +82,15 @@ class So3krates(nn.Module):
         self.tabulated = True
         self.table_points = num_points
 
-    def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
-                species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
-        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV,
-        always float64.
+    # ---- Stages. `forward` is built from these, and the LAMMPS pair style calls them one by one
+    # (through Potential) so that it can exchange the per-atom state of ghost atoms between layers
+    # (docs/model-format.md, "Stages"). Everything per edge is in `geometry`; everything per atom
+    # is (x, ev).
 
-        With half_list, each edge stands for both directions of its pair (r_ji = -r_ij), and the
-        costly filter nets run once per pair instead of once per direction.
-        """
+    def edge_geometry(self, vectors: torch.Tensor) -> List[torch.Tensor]:
+        """Per-edge tensors from the edge vectors (E, 3): [r (E,), phi (E,), sh (E, S), rbf (E, K),
+        rows (E, 4) long, weights (E, 4)]. A tabulated model has an empty rbf and reads table rows
+        (rows, weights); an exact one has empty rows and weights."""
         r = torch.linalg.norm(vectors, dim=-1)
         u = vectors / r.unsqueeze(-1)
         if self.tabulated:
@@ -97,15 +99,50 @@ class So3krates(nn.Module):
         else:
             rbf = self.radial_basis(r)
             rows, weights = torch.zeros((0, 4), dtype=torch.long, device=r.device), r.new_zeros((0, 4))
-        phi = self.cutoff_function(r)
-        sh = self.spherical_harmonics(u)
+        return [r, self.cutoff_function(r), self.spherical_harmonics(u), rbf, rows, weights]
+
+    def embed(self, species: torch.Tensor) -> List[torch.Tensor]:
+        """Initial state [x (N, F), ev (N, S) = 0] of atoms with model element indices `species`."""
         x = self.embedding(species)
-        ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
-        for t, layer in enumerate(self.layers):
-            x, ev = layer(x, ev, rbf, rows, weights, phi, sh, idx_i, idx_j, self.contraction.contract,
-                          self.contraction.expand, self.parity, half_list, t == 0)
+        return [x, torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)]
+
+    def layer_step(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: List[torch.Tensor],
+                   idx_i: torch.Tensor, idx_j: torch.Tensor, half_list: bool,
+                   num_receivers: int = -1) -> List[torch.Tensor]:
+        """Layer t on the state (x, ev) of N atoms -> the new state of the first num_receivers
+        atoms (all when -1). Edges must have their receivers among those; senders may be any of
+        the N (with half_list, a mirrored message into an atom beyond num_receivers is dropped)."""
+        phi, sh, rbf, rows, weights = geometry[1], geometry[2], geometry[3], geometry[4], geometry[5]
+        for k, layer in enumerate(self.layers):   # TorchScript indexes a ModuleList by constants only
+            if k == t:
+                x, ev = layer(x, ev, rbf, rows, weights, phi, sh, idx_i, idx_j, self.contraction.contract,
+                              self.contraction.expand, self.parity, half_list, k == 0, num_receivers)
+        return [x, ev]
+
+    def atomic_energies(self, x: torch.Tensor, species: torch.Tensor, geometry: List[torch.Tensor],
+                        idx_i: torch.Tensor, idx_j: torch.Tensor, half_list: bool) -> torch.Tensor:
+        """Per-atom energies (n,) eV, float64, of the n atoms whose final x (n, F) is given.
+        `geometry` and the edges (receivers among the n) are passed so that a per-edge pair energy
+        can be added here: half of it to the receiver of each directed edge (with half_list, half to
+        each end, dropping an end beyond n)."""
         e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1)
         # Atomic energies are accumulated in float64 even for float32 models: the element shifts
         # (~ -1000 eV) would otherwise cost ~1e-4 eV of round-off per atom in every sum.
         scaled = (self.energy_scale.index_select(0, species) * e).to(torch.float64)
         return scaled + self.energy_shift.index_select(0, species).to(torch.float64)
+
+    def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
+        """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV,
+        always float64.
+
+        With half_list, each edge stands for both directions of its pair (r_ji = -r_ij), and the
+        costly filter nets run once per pair instead of once per direction.
+        """
+        geometry = self.edge_geometry(vectors)
+        state = self.embed(species)
+        x, ev = state[0], state[1]
+        for t in range(len(self.layers)):
+            state = self.layer_step(t, x, ev, geometry, idx_i, idx_j, half_list)
+            x, ev = state[0], state[1]
+        return self.atomic_energies(x, species, geometry, idx_i, idx_j, half_list)

@@ -29,6 +29,10 @@ class Potential(nn.Module):
         self.num_layers = int(config.num_layers)
         self.interaction_range = float(config.interaction_range)
         self.elements: List[int] = [int(z) for z in config.elements]
+        # Per-atom state that layer t + 1 reads from its neighbours: x (num_features) and the
+        # Euclidean variables ev (num_sh); what a domain decomposition exchanges for ghost atoms.
+        self.num_features = int(network.features)
+        self.num_sh = int(network.num_sh)
         table = torch.full((119,), -1, dtype=torch.long)
         for index, z in enumerate(config.elements):
             table[z] = index
@@ -105,6 +109,34 @@ class Potential(nn.Module):
                     virial = torch.zeros((num_graphs, 3, 3), dtype=g.dtype, device=g.device).index_add_(0, edge_graph, outer)
                 out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
         return out
+
+    # ---- Stages, for engines that drive the layers themselves (the LAMMPS pair style: one rank
+    # computes its owned atoms only and fills in the state of ghost atoms from their owners between
+    # layers). stage_geometry -> stage_embed -> stage_layer(0 .. num_layers - 1) -> stage_readout is
+    # exactly `forward`; see docs/model-format.md, "Stages". Edges i <- j are half-list pairs
+    # (messages flow both ways; the mirrored message into an atom beyond num_receivers is dropped).
+
+    @torch.jit.export
+    def stage_geometry(self, vectors: torch.Tensor) -> List[torch.Tensor]:
+        """[r, phi, sh, rbf, rows, weights] of the edges (E, 3) A, in the model dtype."""
+        return self.network.edge_geometry(vectors.to(self.dtype))
+
+    @torch.jit.export
+    def stage_embed(self, species: torch.Tensor) -> List[torch.Tensor]:
+        """Initial [x (N, F), ev (N, S)] of atoms given by model element indices."""
+        return self.network.embed(species)
+
+    @torch.jit.export
+    def stage_layer(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: List[torch.Tensor],
+                    idx_i: torch.Tensor, idx_j: torch.Tensor, num_receivers: int) -> List[torch.Tensor]:
+        """Layer t: state of all N atoms in, new [x, ev] of the first num_receivers out."""
+        return self.network.layer_step(t, x, ev, geometry, idx_i, idx_j, True, num_receivers)
+
+    @torch.jit.export
+    def stage_readout(self, x: torch.Tensor, species: torch.Tensor, geometry: List[torch.Tensor],
+                      idx_i: torch.Tensor, idx_j: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (n,) eV, float64, of the n atoms whose final x is given."""
+        return self.network.atomic_energies(x, species, geometry, idx_i, idx_j, True)
 
     @torch.jit.export
     def neighbors(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,

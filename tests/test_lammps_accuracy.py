@@ -87,9 +87,9 @@ def test_units_real_converts_kcal_per_mol(model_path):
     metal = single_point(model_path, atoms, units="metal")
     real = single_point(model_path, atoms, units="real")   # converted back to eV inside single_point
     assert_close(real, metal, rtol=1e-12)
-    # and the raw LAMMPS number is in kcal/mol: 1 eV = 96.485332 / 4.184 kcal/mol
+    # and the raw LAMMPS number is in kcal/mol, with LAMMPS' own factor (utils::get_conversion_factor)
     pe_kcal = parse_thermo(real["log"])["PotEng"][0]
-    assert pe_kcal == pytest.approx(metal["energy"] * 96.485332 / 4.184, rel=1e-12)
+    assert pe_kcal == pytest.approx(metal["energy"] * 23.060549, rel=1e-12)
 
 
 def test_small_periodic_box_uses_ghosts_on_one_rank(model_path):
@@ -165,7 +165,9 @@ def test_hybrid_overlay_with_null_type(model_path, tmp_path):
     assert e_h - e_lj == pytest.approx(ref["energy"], rel=RTOL)
     f_model = f_h - f_lj
     np.testing.assert_allclose(f_model[:n], ref["forces"], rtol=0, atol=RTOL * np.abs(ref["forces"]).max())
-    np.testing.assert_allclose(f_model[n:], 0.0, atol=1e-12)
+    # Ar feels only lj/cut: what is left is the round-off of its (large, random-placement) LJ forces,
+    # summed in another order when the hybrid style also builds so3krates' full neighbour list.
+    np.testing.assert_allclose(f_model[n:], 0.0, atol=1e-14 * max(1.0, np.abs(f_lj).max()))
 
 
 def test_float32_model(tmp_path):
