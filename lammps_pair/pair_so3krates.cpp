@@ -80,7 +80,7 @@ void add_grads(std::vector<torch::Tensor> &sum, const torch::autograd::variable_
 PairSo3krates::PairSo3krates(LAMMPS *lmp) :
     Pair(lmp), model_loaded(false), model_format(0), model_dtype(torch::kFloat64), cutoff(0.0),
     interaction_range(0.0), num_layers(0), num_features(0), num_sh(0), energy_conv(1.0), threads_requested(0),
-    owners_ncalls(-1), buf(nullptr), maxbuf(0), bufwidth(0), exchange_width(0), stat_steps(0), stat_owned(0),
+    buf(nullptr), maxbuf(0), bufwidth(0), exchange_width(0), stat_steps(0), stat_owned(0),
     stat_computed(0), stat_halo(0), stat_foreign(0)
 {
   single_enable = 0;
@@ -383,8 +383,12 @@ void PairSo3krates::compute(int eflag, int vflag)
 void PairSo3krates::prepare()
 {
   grow_buffer();
-  if (neighbor->ncalls != owners_ncalls || static_cast<int>(owner.size()) != atom->nlocal + atom->nghost)
-    refresh_owners();
+  // Ghosts (and the order of owned atoms) change only when LAMMPS re-neighbours, which all ranks do
+  // in the same step: the refresh is a collective exchange, so every rank must decide alike.
+  if (neighbor->ago == 0) refresh_owners();
+  if (static_cast<int>(owner.size()) != atom->nlocal + atom->nghost)
+    error->one(FLERR, "pair_style so3krates: the ghost atoms changed without re-neighbouring ({} known, {} now)",
+               owner.size(), atom->nlocal + atom->nghost);
   build_edges();
 }
 
@@ -399,7 +403,7 @@ void PairSo3krates::grow_buffer()
 }
 
 // Which ghosts are images of atoms this rank owns: every atom sends (rank, local index) to its
-// ghost copies. Ghost identities change only when LAMMPS re-neighbours.
+// ghost copies.
 void PairSo3krates::refresh_owners()
 {
   const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
@@ -413,7 +417,6 @@ void PairSo3krates::refresh_owners()
   for (int i = 0; i < nlocal; ++i) owner[i] = i;
   for (int g = nlocal; g < nall; ++g)
     if (static_cast<int>(buf[g][0]) == comm->me) owner[g] = static_cast<int>(buf[g][1]);
-  owners_ncalls = neighbor->ncalls;
 }
 
 // Edges i <- j within the cutoff with an owned receiver. When both ends have rows here (owned, or a

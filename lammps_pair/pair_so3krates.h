@@ -60,7 +60,6 @@ class PairSo3krates : public Pair {
   // the graph of this step (prepare): rows of the model's state tensors are the owned atoms
   // (model types) followed by the "halo": ghost senders whose owner is on another rank
   std::vector<int> owner;      // per LAMMPS atom: local index of the owner if on this rank, else -1
-  bigint owners_ncalls;        // neighbor->ncalls when `owner` was made (ghosts change on re-neighbouring)
   std::vector<int> row_of;     // per LAMMPS atom: its state row, -1 if none
   std::vector<int> owned;      // LAMMPS index of row k < n_own
   std::vector<int> halo;       // LAMMPS index of row n_own + k

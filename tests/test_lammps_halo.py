@@ -145,3 +145,37 @@ def test_heat_flux_runs_on_two_ranks(model_path, tmp_path):
     # centroid/stress/atom is the same pair decomposition here
     for k in (1, 2, 3):
         np.testing.assert_allclose(thermo[f"c_csum[{k}]"], thermo[f"c_ssum[{k}]"], rtol=1e-10)
+
+
+def test_reneighbouring_every_step_and_consecutive_runs(model_path, tmp_path):
+    """Ghosts and the order of owned atoms change at each re-neighbouring (here every step, with
+    spatial sorting every step); the owner map and the exchanges must follow on every rank alike,
+    also across consecutive runs."""
+    atoms = water_box(64, seed=16)
+    system = lammps_system(atoms)
+    write_data(str(tmp_path / "data.lmp"), system)
+    results = {}
+    for ranks in (1, 3):
+        workdir = tmp_path / f"ranks{ranks}"
+        workdir.mkdir()
+        script = setup_commands(system, model_path, str(tmp_path / "data.lmp")) + "\n".join([
+            "neigh_modify every 1 delay 0 check no",
+            "atom_modify sort 1 2.0",
+            "velocity all create 600 7 dist gaussian",
+            "timestep 0.001",
+            "fix nve all nve",
+            "thermo_style custom step pe ke",
+            THERMO_PRECISION,
+            "thermo 5",
+            "run 10",
+            "run 10",
+            "write_dump all custom final.dump id x y z modify sort id format float %.17g",
+            "",
+        ])
+        log = run_lammps(script, workdir, ranks=ranks)
+        assert log.count(WORK_LINE) == 2, "one computed/owned line per run"
+        positions = np.loadtxt(workdir / "final.dump", skiprows=9)[:, 1:]
+        results[ranks] = (parse_thermo(log), positions)
+    (one, x1), (three, x3) = results[1], results[3]
+    np.testing.assert_allclose(three["PotEng"], one["PotEng"], rtol=1e-10)
+    assert np.abs(x3 - x1).max() < 1e-10
