@@ -1,7 +1,13 @@
 """LAMMPS pair_style so3krates: time per MD step per atom on 1 and 2 MPI ranks, and against the
 bare exported model on the same atoms.
 
-    python benchmarks/lammps_scaling.py [--preset small] [--dtype float32] [--sizes 200 1000 5000 25000]
+    python benchmarks/lammps_scaling.py [--preset small] [--dtype float32] [--sizes 1000 5000 25000]
+        [--baseline-plugin OLD.so --baseline-model OLD.pt]
+
+The 2-rank runs report the pair style's own end-of-run figures: computed/owned atoms (max over
+ranks) and the halo traffic per rank and step. --baseline-*: an older plugin and a model file
+it reads (the same weights: the model here is built after torch.manual_seed(0)), timed on one rank
+interleaved with the current one (the "before" of a change).
 
 Water boxes (so3krates.structures.water_box, random-weight model: speed does not depend on the
 weights). Each rank and the bare model use ONE torch thread, so "2 ranks" uses both cores of a
@@ -45,10 +51,10 @@ def timed_steps(atoms: int) -> int:
     return max(2, min(10, round(WORK_PER_SIZE / atoms)))
 
 
-def lammps_time(model: Path, data: Path, symbols, ranks: int, steps: int, workdir: Path) -> dict:
+def lammps_time(model: Path, data: Path, symbols, ranks: int, steps: int, workdir: Path, plugin=None) -> dict:
     script = "\n".join([
         "units metal", "atom_style atomic", "boundary p p p", "newton on",
-        f"plugin load {plugin_path()}", f"read_data {data}",
+        f"plugin load {plugin or plugin_path()}", f"read_data {data}",
         "pair_style so3krates", f"pair_coeff * * {model} {' '.join(symbols)}",
         "velocity all create 300 1", "timestep 0.0005", "fix integrate all nve", "thermo 1000",
         f"run {WARMUP_STEPS}", f"run {steps}", ""])
@@ -62,8 +68,14 @@ def lammps_time(model: Path, data: Path, symbols, ranks: int, steps: int, workdi
     loop = re.findall(r"Loop time of (\S+) on \d+ procs for (\d+) steps", proc.stdout)[-1]
     pair = re.findall(r"^Pair\s*\|\s*(\S+)\s*\|\s*(\S+)\s*\|\s*(\S+)", proc.stdout, re.M)[-1]
     ghosts = re.findall(r"Nghost:\s+(\S+) ave", proc.stdout)[-1]
-    return {"step_ms": 1000 * float(loop[0]) / int(loop[1]), "pair_ms": 1000 * float(pair[2]) / int(loop[1]),
-            "ghosts_per_rank": float(ghosts)}
+    out = {"step_ms": 1000 * float(loop[0]) / int(loop[1]), "pair_ms": 1000 * float(pair[2]) / int(loop[1]),
+           "ghosts_per_rank": float(ghosts)}
+    work = re.findall(r"so3krates: computed/owned atoms = (\S+)", proc.stdout)
+    halo = re.findall(r"(\S+) halo atoms read .*; (\d+) halo exchanges, (\S+) bytes", proc.stdout)
+    if work and halo:
+        out.update(computed_over_owned=float(work[-1]), halo_atoms_per_rank=float(halo[-1][0]),
+                   halo_exchanges=int(halo[-1][1]), halo_bytes_per_rank_step=float(halo[-1][2]))
+    return out
 
 
 def bare_model_time(module, atoms, steps: int) -> float:
@@ -81,13 +93,48 @@ def bare_model_time(module, atoms, steps: int) -> float:
     return 1000 * statistics.median(times)
 
 
+NETWORK_BYTES_PER_S = 5e9    # assumed off-node bandwidth per rank (InfiniBand class) for the paper model
+NETWORK_LATENCY_S = 5e-6     # assumed per message
+
+
+def paper_model(row: dict, density: float, num_layers: int, total_atoms: int = 1_000_000,
+                ranks=(8, 64, 512)) -> list:
+    """Expected efficiency for `total_atoms` water atoms on `ranks` from one measured row (1 and 2
+    ranks). The 2-rank run splits the cubic box into two slabs: 2 faces of L^2 between the ranks.
+    Whatever the 2-rank step costs beyond half the 1-rank step (halo rows, pairs across the faces
+    computed on both sides, the exchanges, waiting) is taken as a cost per unit face area. With P
+    ranks each rank owns a cube of side l = (N / (P rho))^(1/3) with 6 such faces; the off-node halo
+    traffic (bytes scale with the face area) and 6 messages per exchange are added at the assumed
+    bandwidth and latency."""
+    n2 = row["atoms"]
+    side = (n2 / density) ** (1 / 3)
+    per_atom_ms = row["one_rank_ms"] / n2
+    extra_ms = max(0.0, row["two_ranks_ms"] - row["one_rank_ms"] / 2)
+    per_area_ms = extra_ms / (2 * side * side)
+    bytes_per_area = (row.get("two_ranks_halo_bytes_per_rank_step") or 0.0) / (2 * side * side)
+    out = []
+    for p in ranks:
+        owned = total_atoms / p
+        l = (owned / density) ** (1 / 3)
+        area = 6 * l * l
+        compute_ms = per_atom_ms * owned
+        network_ms = 1000 * (bytes_per_area * area / NETWORK_BYTES_PER_S
+                             + 6 * 2 * (num_layers - 1) * NETWORK_LATENCY_S)
+        step_ms = compute_ms + per_area_ms * area + network_ms
+        out.append({"ranks": p, "atoms_per_rank": owned, "subdomain_A": l, "step_ms": step_ms,
+                    "halo_bytes_per_rank_step": bytes_per_area * area, "efficiency": compute_ms / step_ms})
+    return out
+
+
 def main():
     # The bare model here and the lmp processes must run on the same allocator (so3krates/allocator.py).
     reexec_with_tcmalloc(sys.argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="small")
     ap.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[200, 1000, 5000, 25000], help="approximate atom counts")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 25000], help="approximate atom counts")
+    ap.add_argument("--baseline-plugin", help="an older plugin .so, timed on one rank against the current one")
+    ap.add_argument("--baseline-model", help="the model file for --baseline-plugin (same weights)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "lammps_scaling.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -98,20 +145,27 @@ def main():
         tmp = Path(tmp)
         cfg = preset(args.preset, elements=[1, 8], dtype=args.dtype)
         model = tmp / "model.pt"
+        torch.manual_seed(0)
         export_model(So3krates(cfg), model, args.dtype)
         module = load_exported(model)[0]
         print(f"preset {args.preset} ({cfg.num_layers} layers x {cfg.cutoff} A), {args.dtype}, 1 torch thread per "
               f"rank, torch {torch.__version__}, {os.cpu_count()} cores")
         header = (f"{'atoms':>7}{'steps':>6}{'bare ms':>10}{'1 rank ms':>11}{'2 ranks ms':>11}{'us/atom 1r':>12}"
-                  f"{'us/atom 2r':>12}{'eff 2r':>8}{'pair/bare':>10}{'step/bare':>10}{'ghosts/rank 2r':>16}")
+                  f"{'us/atom 2r':>12}{'eff 2r':>8}{'pair/bare':>10}{'step/bare':>10}{'ghosts/rank 2r':>16}"
+                  f"{'comp/owned':>11}{'halo/rank':>10}{'halo kB':>9}{'1r/before':>10}")
         print(header)
         for target in args.sizes:
             atoms = water_box(max(1, round(target / 3)))
             n = len(atoms)
+            density = n / atoms.get_volume()
             steps = timed_steps(n)
             system = lammps_system(atoms)
             write_data(str(tmp / "data.lmp"), system)
             bare = bare_model_time(module, atoms, steps)
+            before = None
+            if args.baseline_plugin:
+                before = lammps_time(Path(args.baseline_model), tmp / "data.lmp", system.type_symbols, 1, steps, tmp,
+                                     plugin=args.baseline_plugin)
             one = lammps_time(model, tmp / "data.lmp", system.type_symbols, 1, steps, tmp)
             two = lammps_time(model, tmp / "data.lmp", system.type_symbols, 2, steps, tmp)
             row = {"atoms": n, "timed_steps": steps, "bare_model_ms": bare,
@@ -121,26 +175,44 @@ def main():
                    "one_rank_us_per_atom": 1000 * one["step_ms"] / n,
                    "two_ranks_us_per_atom": 1000 * two["step_ms"] / n,
                    "two_rank_efficiency": one["step_ms"] / (2 * two["step_ms"]),
-                   "pair_over_bare": one["pair_ms"] / bare, "step_over_bare": one["step_ms"] / bare}
+                   "pair_over_bare": one["pair_ms"] / bare, "step_over_bare": one["step_ms"] / bare,
+                   "two_ranks_computed_over_owned": two.get("computed_over_owned"),
+                   "two_ranks_halo_atoms_per_rank": two.get("halo_atoms_per_rank"),
+                   "two_ranks_halo_exchanges": two.get("halo_exchanges"),
+                   "two_ranks_halo_bytes_per_rank_step": two.get("halo_bytes_per_rank_step")}
+            if before:
+                row.update(before_one_rank_ms=before["step_ms"], one_rank_over_before=one["step_ms"] / before["step_ms"])
             rows.append(row)
             print(f"{n:>7}{steps:>6}{bare:>10.1f}{one['step_ms']:>11.1f}{two['step_ms']:>11.1f}"
                   f"{row['one_rank_us_per_atom']:>12.1f}{row['two_ranks_us_per_atom']:>12.1f}"
                   f"{row['two_rank_efficiency']:>8.2f}{row['pair_over_bare']:>10.3f}{row['step_over_bare']:>10.3f}"
-                  f"{two['ghosts_per_rank']:>16.0f}", flush=True)
+                  f"{two['ghosts_per_rank']:>16.0f}{two.get('computed_over_owned', float('nan')):>11.2f}"
+                  f"{two.get('halo_atoms_per_rank', float('nan')):>10.0f}"
+                  f"{two.get('halo_bytes_per_rank_step', float('nan')) / 1000:>9.0f}"
+                  f"{row.get('one_rank_over_before', float('nan')):>10.3f}", flush=True)
+    model_rows = paper_model(rows[-1], density, cfg.num_layers) if rows else []
+    for m in model_rows:
+        print(f"paper model, 1,000,000 water atoms on {m['ranks']} ranks: {m['atoms_per_rank']:,.0f} atoms per rank "
+              f"({m['subdomain_A']:.0f} A cube), {m['step_ms']:.0f} ms/step, halo {m['halo_bytes_per_rank_step'] / 1e6:.1f} "
+              f"MB per rank and step, efficiency {m['efficiency']:.2f}")
     flat = [r["one_rank_us_per_atom"] for r in rows if r["atoms"] >= 900]
     if len(flat) > 1:
         print(f"time per atom (1 rank) from ~1,000 atoms (999 and up): {min(flat):.1f} .. {max(flat):.1f} us "
               f"(spread {100 * (max(flat) / min(flat) - 1):.0f}%)")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({
-        "command": "python benchmarks/lammps_scaling.py --preset {} --dtype {} --sizes {}".format(
-            args.preset, args.dtype, " ".join(map(str, args.sizes))),
+        "command": "python benchmarks/lammps_scaling.py --preset {} --dtype {} --sizes {}{}".format(
+            args.preset, args.dtype, " ".join(map(str, args.sizes)),
+            f" --baseline-plugin {args.baseline_plugin} --baseline-model {args.baseline_model}"
+            if args.baseline_plugin else ""),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "allocator": "tcmalloc" if is_preloaded() else "glibc",
         "machine": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "preset": args.preset, "dtype": args.dtype, "threads_per_rank": 1,
         "wall_time_s": time.perf_counter() - started,
         # other work on the machine distorts the timings; the 1-minute load before and after
-        "load_average_start_end": [load_start, os.getloadavg()[0]], "rows": rows}, indent=1) + "\n")
+        "load_average_start_end": [load_start, os.getloadavg()[0]], "rows": rows,
+        "paper_model": {"from_atoms": rows[-1]["atoms"] if rows else None, "network_bytes_per_s": NETWORK_BYTES_PER_S,
+                        "network_latency_s": NETWORK_LATENCY_S, "rows": model_rows}}, indent=1) + "\n")
     print(f"wrote {args.out} ({time.perf_counter() - started:.0f} s; load average {load_start:.1f} at start, "
           f"{os.getloadavg()[0]:.1f} at end on {os.cpu_count()} cores)")
 

@@ -22,7 +22,9 @@ from so3krates.model.network import So3krates
 from so3krates.model.potential import Potential
 from so3krates.model.radial_table import DEFAULT_POINTS
 
-FORMAT_VERSION = 1
+# 2: the stage methods (stage_geometry, stage_embed, stage_layer, stage_readout) and the per-atom
+# state widths (`state`), which the LAMMPS pair style needs for its per-layer halo exchange.
+FORMAT_VERSION = 2
 METADATA_FILE = "so3krates.json"
 
 
@@ -44,6 +46,7 @@ def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str
         "cutoff_A": float(cfg.cutoff),
         "num_layers": int(cfg.num_layers),
         "interaction_range_A": float(cfg.interaction_range),
+        "state": {"x": int(network.features), "ev": int(network.num_sh)},
         "length_unit": "A",
         "energy_unit": "eV",
         "dtype": dtype,

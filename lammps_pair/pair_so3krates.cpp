@@ -9,10 +9,12 @@
 #include "force.h"
 #include "json.h"
 #include "memory.h"
+#include "neigh_list.h"
 #include "neighbor.h"
 #include "update.h"
 
 #include <ATen/Parallel.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/version.h>
 
@@ -20,12 +22,14 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
-#include <unordered_map>
 
 using namespace LAMMPS_NS;
 
 namespace {
-constexpr int SUPPORTED_MODEL_FORMAT = 1;
+// Format 2 added the stage methods and the state widths this pair style needs; format 1 files
+// only have compute() (whole-network calls, which would need ghosts num_layers cutoffs deep).
+constexpr int SUPPORTED_MODEL_FORMAT = 2;
+constexpr int FIRST_STAGED_FORMAT = 2;
 const char *const METADATA_FILE = "so3krates.json";
 const char *const EXPORT_HINT = "export a trained checkpoint with 'so3krates export CHECKPOINT -o model.pt'";
 
@@ -34,28 +38,65 @@ std::string describe(const std::exception &e)
   if (auto c10err = dynamic_cast<const c10::Error *>(&e)) return c10err->what_without_backtrace();
   return e.what();
 }
+
+// Keep one direction of a pair whose two ends are both rows of this rank (messages then flow both
+// ways, and the filter nets run once per pair): the receiver with the lower row, and for an atom
+// and its own periodic image the vector whose first non-zero component is positive.
+bool keep_direction(int row_i, int row_j, const double *d)
+{
+  if (row_i != row_j) return row_i < row_j;
+  if (d[0] != 0.0) return d[0] > 0.0;
+  if (d[1] != 0.0) return d[1] > 0.0;
+  return d[2] > 0.0;
+}
+
+// d(sum_k <outputs_k, grads_k>)/d(inputs): only the outputs that depend on something that requires
+// grad (an atom without neighbours gives a constant); undefined tensors for unused inputs.
+torch::autograd::variable_list backward(const std::vector<torch::Tensor> &outputs,
+                                        const std::vector<torch::Tensor> &grads,
+                                        const std::vector<torch::Tensor> &inputs)
+{
+  torch::autograd::variable_list outs, gouts;
+  for (size_t k = 0; k < outputs.size(); ++k)
+    if (outputs[k].requires_grad() && grads[k].defined()) {
+      outs.push_back(outputs[k]);
+      gouts.push_back(grads[k]);
+    }
+  if (outs.empty()) return torch::autograd::variable_list(inputs.size());
+  return torch::autograd::grad(outs, inputs, gouts, false, false, true);
+}
+
+void add_grads(std::vector<torch::Tensor> &sum, const torch::autograd::variable_list &grads, size_t first)
+{
+  for (size_t k = 0; k < sum.size(); ++k) {
+    const auto &g = grads[first + k];
+    if (g.defined()) sum[k] = sum[k].defined() ? sum[k] + g : g;
+  }
+}
 }    // namespace
 
 /* ---------------------------------------------------------------------- */
 
 PairSo3krates::PairSo3krates(LAMMPS *lmp) :
     Pair(lmp), model_loaded(false), model_format(0), model_dtype(torch::kFloat64), cutoff(0.0),
-    interaction_range(0.0), num_layers(0), energy_conv(1.0), threads_requested(0), mode(GHOSTS),
-    logged_ghost_cutoff(-1.0)
+    interaction_range(0.0), num_layers(0), num_features(0), num_sh(0), energy_conv(1.0), threads_requested(0),
+    buf(nullptr), maxbuf(0), bufwidth(0), exchange_width(0), stat_steps(0), stat_owned(0),
+    stat_computed(0), stat_halo(0), stat_foreign(0)
 {
   single_enable = 0;
   restartinfo = 0;
   one_coeff = 1;
   manybody_flag = 1;
-  // The model returns the exact virial of the energy this rank counts; with only owned atoms
-  // passed (PERIODIC_OWNERS) f.r over local + ghost atoms would miss the periodic images.
+  // Forces, global and per-atom virial all come from the pair forces dE/dr_ij of the edges (the
+  // virial of an edge is split half and half between its two atoms), tallied in scatter().
   no_virial_fdotr_compute = 1;
-  centroidstressflag = CENTROID_NOTAVAIL;
+  centroidstressflag = CENTROID_SAME;
 }
 
 PairSo3krates::~PairSo3krates()
 {
   if (copymode) return;
+  memory->destroy(buf);
   if (allocated) {
     memory->destroy(setflag);
     memory->destroy(cutsq);
@@ -122,6 +163,7 @@ void PairSo3krates::coeff(int narg, char **arg)
 
   std::vector<std::string> names;
   type_z.assign(ntypes + 1, 0);
+  type_species.assign(ntypes + 1, -1);
   for (int t = 1; t <= ntypes; ++t) {
     std::string name = arg[2 + t];
     names.push_back(name);
@@ -142,6 +184,8 @@ void PairSo3krates::coeff(int narg, char **arg)
                  name, t, model_path, known);
     }
     type_z[t] = z;
+    type_species[t] = static_cast<int>(std::find(model_elements.begin(), model_elements.end(), z) -
+                                       model_elements.begin());
   }
 
   int count = 0;
@@ -170,7 +214,16 @@ void PairSo3krates::load_model(const std::string &path)
     error->all(FLERR, "pair_coeff: '{}' is not a TorchScript model file ({}); {}", path, describe(e),
                EXPORT_HINT);
   }
-  const std::string &text = extra[METADATA_FILE];
+  read_metadata(path, extra[METADATA_FILE]);
+  model.eval();
+  // Only gradients with respect to inputs are taken: no graph for the weights.
+  for (auto p : model.parameters()) p.set_requires_grad(false);
+  model_path = path;
+  model_loaded = true;
+}
+
+void PairSo3krates::read_metadata(const std::string &path, const std::string &text)
+{
   if (text.empty())
     error->all(FLERR, "pair_coeff: '{}' is a TorchScript file but not a so3krates model (it has no extra/{} "
                "metadata); {}", path, METADATA_FILE, EXPORT_HINT);
@@ -183,6 +236,10 @@ void PairSo3krates::load_model(const std::string &path)
     interaction_range = meta.at("interaction_range_A").get<double>();
     num_layers = meta.at("num_layers").get<int>();
     model_elements = meta.at("elements").get<std::vector<int>>();
+    if (meta.contains("state")) {
+      num_features = meta["state"].at("x").get<int>();
+      num_sh = meta["state"].at("ev").get<int>();
+    }
     model_radial = "exact";
     if (meta.contains("radial_filters") && meta["radial_filters"].contains("points"))
       model_radial = fmt::format("{} ({} points)", meta["radial_filters"].value("kind", std::string("table")),
@@ -195,6 +252,10 @@ void PairSo3krates::load_model(const std::string &path)
     error->all(FLERR, "pair_coeff: '{}' uses so3krates model format {}, newer than this plugin understands "
                "({}); rebuild the plugin from the matching so3krates version", path, model_format,
                SUPPORTED_MODEL_FORMAT);
+  if (model_format < FIRST_STAGED_FORMAT || num_features <= 0 || num_sh <= 0)
+    error->all(FLERR, "pair_coeff: '{}' is a so3krates model of format {}, which lacks the per-layer stage "
+               "methods this pair style runs (each rank computes its own atoms, layer by layer); re-export it "
+               "with this so3krates: 'so3krates export CHECKPOINT -o model.pt'", path, model_format);
   if (model_dtype_name == "float64")
     model_dtype = torch::kFloat64;
   else if (model_dtype_name == "float32")
@@ -202,9 +263,6 @@ void PairSo3krates::load_model(const std::string &path)
   else
     error->all(FLERR, "pair_coeff: '{}' has dtype '{}'; re-export with --dtype float64 or float32", path,
                model_dtype_name);
-  model.eval();
-  model_path = path;
-  model_loaded = true;
 }
 
 void PairSo3krates::log_model(const std::vector<std::string> &type_names)
@@ -236,17 +294,16 @@ void PairSo3krates::log_model(const std::vector<std::string> &type_names)
 void PairSo3krates::check_units()
 {
   const std::string units = update->unit_style;
-  // LAMMPS's own conversion, so that this plugin and LAMMPS (and the Python side, which reads the
-  // factor back from the log line below) agree on what an eV is in kcal/mol.
   if (units == "metal")
-    energy_conv = 1.0;
+    energy_conv = utils::get_conversion_factor(utils::ENERGY, utils::NOCONVERT);
   else if (units == "real")
-    energy_conv = utils::get_conversion_factor(utils::ENERGY, utils::METAL2REAL);
+    energy_conv = utils::get_conversion_factor(utils::ENERGY, utils::METAL2REAL);    // LAMMPS' eV -> kcal/mol
   else
     error->all(FLERR,
                "pair_style so3krates works with 'units metal' (eV, Angstrom: the model's own units) or "
                "'units real' (kcal/mol, converted), not 'units {}'; write 'units metal' at the top of the input",
                units);
+  // The Python side (lammps_pair/units.py) reads this factor back from the log: one source.
   if (comm->me == 0 && units != logged_units) {
     utils::logmesg(lmp, "pair_style so3krates: 1 eV = {:.17g} {} (units {}, LAMMPS utils::get_conversion_factor)\n",
                    energy_conv, units == "metal" ? "eV" : "kcal/mol", units);
@@ -261,21 +318,6 @@ void PairSo3krates::configure_threads()
   at::set_num_threads(threads_requested > 0 ? threads_requested : std::max(1, comm->nthreads));
 }
 
-PairSo3krates::Mode PairSo3krates::choose_mode()
-{
-  if (comm->nprocs != 1 || !domain->xperiodic || !domain->yperiodic || !domain->zperiodic) return GHOSTS;
-  // The model's periodic search needs every cell height >= its cutoff (one image shell);
-  // smaller boxes use ghost atoms instead.
-  const double *h = domain->h;    // xprd yprd zprd yz xz xy; lattice rows a=(h0,0,0) b=(h5,h1,0) c=(h4,h3,h2)
-  const double volume = h[0] * h[1] * h[2];
-  const double bxc = std::sqrt(std::pow(h[1] * h[2], 2) + std::pow(h[5] * h[2], 2) +
-                               std::pow(h[5] * h[3] - h[1] * h[4], 2));
-  const double cxa = h[0] * std::sqrt(h[2] * h[2] + h[3] * h[3]);
-  const double axb = h[0] * h[1];
-  const double min_height = volume / std::max({bxc, cxa, axb});
-  return min_height >= cutoff ? PERIODIC_OWNERS : GHOSTS;
-}
-
 void PairSo3krates::init_style()
 {
   if (!model_loaded) error->all(FLERR, "pair_style so3krates needs 'pair_coeff * * model.pt El1 El2 ...'");
@@ -287,31 +329,33 @@ void PairSo3krates::init_style()
   if (comm->mode != Comm::SINGLE)
     error->all(FLERR, "pair_style so3krates needs 'comm_modify mode single' (one ghost cutoff for all types)");
   configure_threads();
-  mode = choose_mode();
+  // A full list: every edge i <- j with an owned receiver i; the sender j is owned or a ghost within
+  // the cutoff, so ghosts need to reach only cutoff + skin (init_one), whatever the number of layers.
+  neighbor->add_request(this, NeighConst::REQ_FULL);
+  // One row of x and ev per atom; the owner map (2 numbers per atom) fits as well.
+  comm_forward = comm_reverse = std::max(2, num_features + num_sh);
+  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = 0.0;
+  log_setup();
+}
 
-  // No LAMMPS neighbour list is requested: the model searches neighbours among the atoms it gets.
-  if (mode == GHOSTS) {
-    // Message passing: an owned atom feels atoms up to interaction_range away; atoms move up to
-    // skin/2 each between re-neighbourings, so ghosts must reach interaction_range + skin.
-    const double needed = interaction_range + neighbor->skin;
-    if (comm->cutghostuser < needed) comm->cutghostuser = needed;
-  }
-  if (comm->me == 0) {
-    const double ghost = mode == GHOSTS ? comm->cutghostuser : 0.0;
-    if (ghost != logged_ghost_cutoff) {
-      if (mode == GHOSTS)
-        utils::logmesg(lmp,
-                       "pair_style so3krates: ghost atoms out to {} A (comm cutoff; needs interaction range "
-                       "{} A + skin {} A); {} torch thread(s) per rank\n",
-                       ghost, interaction_range, neighbor->skin, at::get_num_threads());
-      else
-        utils::logmesg(lmp,
-                       "pair_style so3krates: one rank, periodic box: owned atoms only, the model's periodic "
-                       "neighbour search replaces ghost atoms; {} torch thread(s)\n",
-                       at::get_num_threads());
-      logged_ghost_cutoff = ghost;
-    }
-  }
+void PairSo3krates::log_setup()
+{
+  if (comm->me != 0) return;
+  const double ghost = std::max(cutoff + neighbor->skin, comm->cutghostuser);
+  const int exchanges = num_layers - 1;
+  const std::string per_step =
+      fmt::format("{} forward (x and ev, {} numbers per ghost atom) + {} reverse (their gradients)", exchanges,
+                  num_features + num_sh, exchanges);
+  std::string text = fmt::format(
+      "pair_style so3krates: ghost atoms out to {} A (cutoff {} A + skin {} A); {} torch thread(s) per rank\n"
+      "  halo exchanges     {}; each rank computes the {} layer(s) for its owned atoms only\n",
+      ghost, cutoff, neighbor->skin, at::get_num_threads(),
+      comm->nprocs == 1 ? "none on one rank (each ghost is an image of an owned atom and reads its state); per "
+                          "step on more ranks: " + per_step
+                        : "per step " + per_step,
+      num_layers);
+  if (text != logged_setup) utils::logmesg(lmp, text);
+  logged_setup = text;
 }
 
 double PairSo3krates::init_one(int, int)
@@ -319,120 +363,357 @@ double PairSo3krates::init_one(int, int)
   return cutoff;
 }
 
-/* ---------------------------------------------------------------------- */
+/* ----------------------------------------------------------------------
+   compute: prepare (owners of ghosts, edges) -> call_model (stages + halo exchanges) -> scatter
+------------------------------------------------------------------------- */
 
 void PairSo3krates::compute(int eflag, int vflag)
 {
   ev_init(eflag, vflag);
-  if (vflag_atom || cvflag_atom)
-    error->all(FLERR,
-               "pair_style so3krates does not provide per-atom virials (compute stress/atom or "
-               "centroid/stress/atom): its many-body energy has no pair decomposition here; use the global "
-               "pressure (thermo press, compute pressure) instead");
+  prepare();
+  torch::Tensor energies, edge_grad;
+  if (owned.empty())
+    idle_exchanges();    // nothing to compute here, but the exchanges are collective
+  else
+    call_model(energies, edge_grad);
+  if (!owned.empty()) scatter(energies, edge_grad);
+  stat_steps += 1;
+  stat_owned += owned.size();
+  stat_computed += owned.size();    // stage_layer returns the state of the owned rows only
+  stat_halo += halo.size();
+  int foreign = 0;
+  for (int g = atom->nlocal; g < atom->nlocal + atom->nghost; ++g) foreign += owner[g] < 0;
+  stat_foreign += foreign;
+}
 
+void PairSo3krates::prepare()
+{
+  grow_buffer();
+  // Ghosts (and the order of owned atoms) change only when LAMMPS re-neighbours, which all ranks do
+  // in the same step: the refresh is a collective exchange, so every rank must decide alike.
+  if (neighbor->ago == 0) refresh_owners();
+  if (static_cast<int>(owner.size()) != atom->nlocal + atom->nghost)
+    error->one(FLERR, "pair_style so3krates: the ghost atoms changed without re-neighbouring ({} known, {} now)",
+               owner.size(), atom->nlocal + atom->nghost);
+  build_edges();
+}
+
+void PairSo3krates::grow_buffer()
+{
+  if (atom->nmax > maxbuf || bufwidth != comm_forward) {
+    maxbuf = atom->nmax;
+    bufwidth = comm_forward;
+    memory->destroy(buf);
+    memory->create(buf, maxbuf, bufwidth, "pair:so3krates_exchange");
+  }
+}
+
+// Which ghosts are images of atoms this rank owns: every atom sends (rank, local index) to its
+// ghost copies.
+void PairSo3krates::refresh_owners()
+{
+  const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
+  for (int i = 0; i < nlocal; ++i) {
+    buf[i][0] = comm->me;
+    buf[i][1] = i;
+  }
+  exchange_width = 2;
+  comm->forward_comm(this, 2);
+  owner.assign(nall, -1);
+  for (int i = 0; i < nlocal; ++i) owner[i] = i;
+  for (int g = nlocal; g < nall; ++g)
+    if (static_cast<int>(buf[g][0]) == comm->me) owner[g] = static_cast<int>(buf[g][1]);
+}
+
+// Edges i <- j within the cutoff with an owned receiver. When both ends have rows here (owned, or a
+// ghost image of an owned atom) one direction stands for both (half list); a sender owned by
+// another rank gets a halo row, and the edge carries the message i <- j only (that rank computes
+// j <- i).
+void PairSo3krates::build_edges()
+{
   double **x = atom->x;
-  double **f = atom->f;
   const int *type = atom->type;
-  const int nlocal = atom->nlocal;
-  const int ntotal = (mode == PERIODIC_OWNERS) ? nlocal : nlocal + atom->nghost;
-
-  // Owned atoms first: the model counts the energy of the first num_owned atoms only.
-  selected.clear();
+  const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
+  row_of.assign(nall, -1);
+  owned.clear();
+  halo.clear();
   for (int i = 0; i < nlocal; ++i)
-    if (type_z[type[i]] > 0) selected.push_back(i);
-  const int num_owned = static_cast<int>(selected.size());
-  if (num_owned == 0) return;    // nothing owned: zero energy, zero forces, zero virial
-  if (ntotal > nlocal) {
-    // Ghosts farther than the interaction range from every owned atom cannot change the owned
-    // energies (the ghost shell also holds the skin, for atoms that move between re-neighbourings).
-    // The distance to the bounding box of the owned atoms is a lower bound of the distance to
-    // each of them, so this keeps every ghost that matters.
-    double lo[3] = {x[selected[0]][0], x[selected[0]][1], x[selected[0]][2]};
-    double hi[3] = {lo[0], lo[1], lo[2]};
-    for (int k = 1; k < num_owned; ++k)
-      for (int d = 0; d < 3; ++d) {
-        lo[d] = std::min(lo[d], x[selected[k]][d]);
-        hi[d] = std::max(hi[d], x[selected[k]][d]);
+    if (type_z[type[i]] > 0) {
+      row_of[i] = static_cast<int>(owned.size());
+      owned.push_back(i);
+    }
+  const int n_own = static_cast<int>(owned.size());
+  edge_i.clear(), edge_j.clear(), atom_i.clear(), atom_j.clear(), edge_vec.clear();
+  const double cutsq_model = cutoff * cutoff;
+  for (int ii = 0; ii < list->inum; ++ii) {
+    const int i = list->ilist[ii];
+    const int ri = row_of[i];
+    if (ri < 0) continue;
+    const int *jlist = list->firstneigh[i];
+    for (int jj = 0; jj < list->numneigh[i]; ++jj) {
+      const int j = jlist[jj] & NEIGHMASK;
+      if (type_z[type[j]] == 0) continue;
+      const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
+      if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cutsq_model) continue;
+      int rj;
+      if (owner[j] < 0) {
+        if (row_of[j] < 0) {
+          row_of[j] = n_own + static_cast<int>(halo.size());
+          halo.push_back(j);
+        }
+        rj = row_of[j];
+      } else {
+        rj = row_of[owner[j]];
+        if (!keep_direction(ri, rj, d)) continue;
       }
-    const double range_sq = interaction_range * interaction_range;
-    for (int i = nlocal; i < ntotal; ++i) {
-      if (type_z[type[i]] == 0) continue;
-      double dist_sq = 0.0;
-      for (int d = 0; d < 3; ++d) {
-        const double out = std::max({lo[d] - x[i][d], 0.0, x[i][d] - hi[d]});
-        dist_sq += out * out;
-      }
-      if (dist_sq <= range_sq) selected.push_back(i);
+      edge_i.push_back(ri);
+      edge_j.push_back(rj);
+      atom_i.push_back(i);
+      atom_j.push_back(j);
+      edge_vec.insert(edge_vec.end(), d, d + 3);
     }
   }
-  const int n = static_cast<int>(selected.size());
+}
 
-  auto positions = torch::empty({n, 3}, torch::kFloat64);
-  auto numbers = torch::empty({n}, torch::kLong);
-  {
-    auto p = positions.accessor<double, 2>();
-    auto z = numbers.accessor<int64_t, 1>();
-    for (int k = 0; k < n; ++k) {
-      const int i = selected[k];
-      p[k][0] = x[i][0];
-      p[k][1] = x[i][1];
-      p[k][2] = x[i][2];
-      z[k] = type_z[type[i]];
-    }
-  }
-  c10::IValue cell, pbc;    // None: the ghost point set is non-periodic
-  if (mode == PERIODIC_OWNERS) {
-    const double *h = domain->h;
-    auto box = torch::zeros({3, 3}, torch::kFloat64);
-    auto b = box.accessor<double, 2>();
-    b[0][0] = h[0];
-    b[1][0] = h[5];
-    b[1][1] = h[1];
-    b[2][0] = h[4];
-    b[2][1] = h[3];
-    b[2][2] = h[2];
-    cell = box.to(model_dtype);
-    pbc = torch::ones({3}, torch::kBool);
-  }
+/* ----------------------------------------------------------------------
+   The model, stage by stage (docs/model-format.md, "Stages"): geometry of the edges, embedding,
+   layers 0 .. T-1 (each on the owned rows, with a forward halo exchange in between), readout. The
+   backward pass goes stage by stage in reverse, with a reverse halo exchange of the gradient with
+   respect to the halo rows' state. Gradients with respect to the per-edge geometry are summed over
+   the stages and taken back to the edge vectors at the end: edge_grad = dE/dr_ij (E, 3).
+------------------------------------------------------------------------- */
 
-  const bool want_virial = vflag_global != 0;
-  std::vector<c10::IValue> inputs{positions.to(model_dtype), numbers, cell, pbc, c10::IValue(), c10::IValue(),
-                                  static_cast<int64_t>(num_owned), true, want_virial};
-  c10::IValue result;
+void PairSo3krates::call_model(torch::Tensor &energies, torch::Tensor &edge_grad)
+{
+  const int64_t n_own = static_cast<int64_t>(owned.size()), n_rows = n_own + static_cast<int64_t>(halo.size());
+  const int64_t num_edges = static_cast<int64_t>(edge_i.size());
+  auto species = torch::empty({n_rows}, torch::kLong);
+  int64_t *z = species.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n_rows; ++k) z[k] = type_species[atom->type[k < n_own ? owned[k] : halo[k - n_own]]];
+  auto idx_i = torch::from_blob(edge_i.data(), {num_edges}, torch::kLong);
+  auto idx_j = torch::from_blob(edge_j.data(), {num_edges}, torch::kLong);
+  auto vectors = torch::from_blob(edge_vec.data(), {num_edges, 3}, torch::kFloat64).to(model_dtype);
+  vectors.requires_grad_(true);
   try {
-    // The graph executor's autodiff-subgraph optimisation makes compute() (which differentiates
-    // inside the graph) about 1.4x slower than the plain interpreter; off for this call only.
+    // The graph executor's autodiff-subgraph optimisation slows these calls down (about 1.4x on
+    // the whole network); the plain interpreter records the autograd graph as eager code would.
     torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
-    result = model.get_method("compute")(inputs);
-  } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style so3krates: the model failed on {} atoms ({} owned): {}", n, num_owned,
-               describe(e));
-  }
-  const auto out = result.toGenericDict();
+    auto geometry = model.get_method("stage_geometry")({vectors}).toTensorVector();
+    std::vector<torch::Tensor> leaves, geometry_float, geometry_grad;
+    for (auto &g : geometry) {
+      if (g.is_floating_point()) {
+        geometry_float.push_back(g);
+        leaves.push_back(g.detach().requires_grad_(true));
+      } else {
+        leaves.push_back(g);
+      }
+    }
+    std::vector<torch::Tensor> float_leaves;
+    for (auto &l : leaves)
+      if (l.is_floating_point()) float_leaves.push_back(l);
+    geometry_grad.resize(float_leaves.size());
 
-  auto forces = out.at("forces").toTensor().to(torch::kFloat64).contiguous();
-  auto fk = forces.accessor<double, 2>();
+    auto state = model.get_method("stage_embed")({species}).toTensorVector();
+    std::vector<torch::Tensor> x_in(num_layers), ev_in(num_layers), x_out(num_layers), ev_out(num_layers);
+    x_in[0] = state[0];
+    ev_in[0] = state[1];
+    for (int t = 0; t < num_layers; ++t) {
+      auto out = model.get_method("stage_layer")({static_cast<int64_t>(t), x_in[t], ev_in[t], leaves, idx_i,
+                                                  idx_j, n_own}).toTensorVector();
+      x_out[t] = out[0];
+      ev_out[t] = out[1];
+      if (t + 1 < num_layers) halo_forward(x_out[t], ev_out[t], x_in[t + 1], ev_in[t + 1]);
+    }
+    auto x_final = x_out[num_layers - 1].detach().requires_grad_(true);
+    // all rows' elements: the pair terms (ZBL) read the senders' too
+    energies = model.get_method("stage_readout")({x_final, species, leaves, idx_i, idx_j}).toTensor();
+
+    std::vector<torch::Tensor> inputs{x_final};
+    inputs.insert(inputs.end(), float_leaves.begin(), float_leaves.end());
+    auto grads = backward({energies.sum()}, {torch::ones({}, energies.options())}, inputs);
+    add_grads(geometry_grad, grads, 1);
+    auto gx = grads[0].defined() ? grads[0] : torch::zeros_like(x_final);
+    auto gev = torch::zeros_like(ev_out[num_layers - 1]);
+    for (int t = num_layers - 1; t >= 0; --t) {
+      inputs.clear();
+      if (t > 0) inputs = {x_in[t], ev_in[t]};
+      inputs.insert(inputs.end(), float_leaves.begin(), float_leaves.end());
+      grads = backward({x_out[t], ev_out[t]}, {gx, gev}, inputs);
+      add_grads(geometry_grad, grads, t > 0 ? 2 : 0);
+      if (t > 0)
+        halo_reverse(grads[0].defined() ? grads[0] : torch::zeros_like(x_in[t]),
+                     grads[1].defined() ? grads[1] : torch::zeros_like(ev_in[t]), gx, gev);
+    }
+    edge_grad = backward(geometry_float, geometry_grad, {vectors})[0];
+    if (!edge_grad.defined()) edge_grad = torch::zeros_like(vectors);
+  } catch (const std::exception &e) {
+    error->one(FLERR, "pair_style so3krates: the model failed on {} owned atoms ({} halo atoms, {} edges): {}",
+               n_own, halo.size(), num_edges, describe(e));
+  }
+  energies = energies.detach().to(torch::kFloat64).contiguous();
+  edge_grad = edge_grad.detach().to(torch::kFloat64).contiguous();
+}
+
+// A rank that owns no model atoms takes part in the collective exchanges with nothing to add.
+void PairSo3krates::idle_exchanges()
+{
+  if (comm->nprocs == 1) return;
+  const int width = num_features + num_sh;
+  exchange_width = width;
+  for (int t = 0; t + 1 < num_layers; ++t) comm->forward_comm(this, width);
+  for (int t = 0; t + 1 < num_layers; ++t) {
+    for (int i = 0; i < atom->nlocal + atom->nghost; ++i) std::fill(buf[i], buf[i] + width, 0.0);
+    comm->reverse_comm(this, width);
+  }
+}
+
+// State after a layer: owned rows (x, ev) -> LAMMPS forward communication -> halo rows. Returns the
+// next layer's input for all rows, as new leaves of the autograd graph.
+void PairSo3krates::halo_forward(const torch::Tensor &x, const torch::Tensor &ev, torch::Tensor &x_all,
+                                 torch::Tensor &ev_all)
+{
+  if (comm->nprocs == 1) {    // every ghost is an image of an owned atom: no halo rows
+    x_all = x.detach().requires_grad_(true);
+    ev_all = ev.detach().requires_grad_(true);
+    return;
+  }
+  const int width = num_features + num_sh;
+  auto own = torch::cat({x.detach(), ev.detach()}, 1).to(torch::kFloat64).contiguous();
+  const double *p = own.data_ptr<double>();
+  for (size_t k = 0; k < owned.size(); ++k) std::memcpy(buf[owned[k]], p + k * width, width * sizeof(double));
+  exchange_width = width;
+  comm->forward_comm(this, width);
+  auto ghost = torch::empty({static_cast<int64_t>(halo.size()), width}, torch::kFloat64);
+  double *q = ghost.data_ptr<double>();
+  for (size_t k = 0; k < halo.size(); ++k) std::memcpy(q + k * width, buf[halo[k]], width * sizeof(double));
+  ghost = ghost.to(x.scalar_type());
+  x_all = torch::cat({x.detach(), ghost.slice(1, 0, num_features)}).requires_grad_(true);
+  ev_all = torch::cat({ev.detach(), ghost.slice(1, num_features, width)}).requires_grad_(true);
+}
+
+// Gradient with respect to a layer's input state (all rows) -> gradient with respect to the owned
+// rows of the previous layer's output: the halo rows' part is summed onto the owners by LAMMPS'
+// reverse communication (through every ghost copy, on any rank).
+void PairSo3krates::halo_reverse(const torch::Tensor &gx_all, const torch::Tensor &gev_all, torch::Tensor &gx,
+                                 torch::Tensor &gev)
+{
+  const int64_t n_own = static_cast<int64_t>(owned.size());
+  if (comm->nprocs == 1) {
+    gx = gx_all;
+    gev = gev_all;
+    return;
+  }
+  const int width = num_features + num_sh;
+  auto all = torch::cat({gx_all, gev_all}, 1).to(torch::kFloat64).contiguous();
+  const double *p = all.data_ptr<double>();
+  for (int i = 0; i < atom->nlocal + atom->nghost; ++i) std::fill(buf[i], buf[i] + width, 0.0);
+  for (size_t k = 0; k < halo.size(); ++k)
+    std::memcpy(buf[halo[k]], p + (n_own + k) * width, width * sizeof(double));
+  exchange_width = width;
+  comm->reverse_comm(this, width);
+  auto back = torch::empty({n_own, width}, torch::kFloat64);
+  double *q = back.data_ptr<double>();
+  for (int64_t k = 0; k < n_own; ++k) std::memcpy(q + k * width, buf[owned[k]], width * sizeof(double));
+  auto total = (all.slice(0, 0, n_own) + back).to(gx_all.scalar_type());
+  gx = total.slice(1, 0, num_features);
+  gev = total.slice(1, num_features, width);
+}
+
+/* ----------------------------------------------------------------------
+   Results: per-atom energies of the owned atoms; forces, global and per-atom virial from the pair
+   forces dE/dr_ij of the edges (r_ij = x_j - x_i: F_i += dE/dr_ij, F_j -= dE/dr_ij; the edge's
+   virial W = -r_ij (x) dE/dr_ij, symmetrised, half to each end). Forces and per-atom virials of
+   ghost atoms go back to their owners through LAMMPS (newton on).
+------------------------------------------------------------------------- */
+
+void PairSo3krates::scatter(const torch::Tensor &energies, const torch::Tensor &edge_grad)
+{
+  double **f = atom->f;
+  const double *e = energies.data_ptr<double>();
+  if (eflag_global)
+    for (size_t k = 0; k < owned.size(); ++k) eng_vdwl += energy_conv * e[k];
+  if (eflag_atom)
+    for (size_t k = 0; k < owned.size(); ++k) eatom[owned[k]] += energy_conv * e[k];
+  const double *g = edge_grad.data_ptr<double>();
+  for (size_t k = 0; k < atom_i.size(); ++k) {
+    const double *gk = g + 3 * k, *r = edge_vec.data() + 3 * k;
+    double *fi = f[atom_i[k]], *fj = f[atom_j[k]];
+    for (int d = 0; d < 3; ++d) {
+      fi[d] += energy_conv * gk[d];
+      fj[d] -= energy_conv * gk[d];
+    }
+    if (!vflag_either) continue;
+    const double w[6] = {-energy_conv * r[0] * gk[0], -energy_conv * r[1] * gk[1], -energy_conv * r[2] * gk[2],
+                         -0.5 * energy_conv * (r[0] * gk[1] + r[1] * gk[0]),
+                         -0.5 * energy_conv * (r[0] * gk[2] + r[2] * gk[0]),
+                         -0.5 * energy_conv * (r[1] * gk[2] + r[2] * gk[1])};
+    if (vflag_global)
+      for (int c = 0; c < 6; ++c) virial[c] += w[c];
+    if (vflag_atom)
+      for (int c = 0; c < 6; ++c) {
+        vatom[atom_i[k]][c] += 0.5 * w[c];
+        vatom[atom_j[k]][c] += 0.5 * w[c];
+      }
+  }
+}
+
+/* ----------------------------------------------------------------------
+   Exchange buffer <-> LAMMPS communication buffers (exchange_width numbers per atom)
+------------------------------------------------------------------------- */
+
+int PairSo3krates::pack_forward_comm(int n, int *list, double *out, int, int *)
+{
+  for (int k = 0; k < n; ++k) std::memcpy(out + k * exchange_width, buf[list[k]], exchange_width * sizeof(double));
+  return n * exchange_width;
+}
+
+void PairSo3krates::unpack_forward_comm(int n, int first, double *in)
+{
+  for (int k = 0; k < n; ++k) std::memcpy(buf[first + k], in + k * exchange_width, exchange_width * sizeof(double));
+}
+
+int PairSo3krates::pack_reverse_comm(int n, int first, double *out)
+{
+  for (int k = 0; k < n; ++k) std::memcpy(out + k * exchange_width, buf[first + k], exchange_width * sizeof(double));
+  return n * exchange_width;
+}
+
+void PairSo3krates::unpack_reverse_comm(int n, int *list, double *in)
+{
   for (int k = 0; k < n; ++k) {
-    double *fi = f[selected[k]];
-    fi[0] += energy_conv * fk[k][0];
-    fi[1] += energy_conv * fk[k][1];
-    fi[2] += energy_conv * fk[k][2];
+    double *row = buf[list[k]];
+    for (int c = 0; c < exchange_width; ++c) row[c] += in[k * exchange_width + c];
   }
-  if (eflag_global) eng_vdwl += energy_conv * out.at("energy").toTensor().to(torch::kFloat64).item<double>();
-  if (eflag_atom) {
-    auto energies = out.at("energies").toTensor().to(torch::kFloat64).contiguous();
-    auto e = energies.accessor<double, 1>();
-    for (int k = 0; k < num_owned; ++k) eatom[selected[k]] += energy_conv * e[k];
+}
+
+double PairSo3krates::memory_usage()
+{
+  return Pair::memory_usage() + static_cast<double>(maxbuf) * comm_forward * sizeof(double) +
+      edge_vec.capacity() * sizeof(double) +
+      (edge_i.capacity() + edge_j.capacity()) * sizeof(int64_t) +
+      (atom_i.capacity() + atom_j.capacity() + owner.capacity() + row_of.capacity()) * sizeof(int);
+}
+
+/* ----------------------------------------------------------------------
+   End of a run: how much each rank computed, and the halo traffic
+------------------------------------------------------------------------- */
+
+void PairSo3krates::finish()
+{
+  const double ratio = stat_owned > 0 ? stat_computed / stat_owned : 0.0;
+  double max_ratio = 0.0, sums[4] = {stat_owned, stat_halo, stat_foreign, stat_steps}, total[4];
+  MPI_Allreduce(&ratio, &max_ratio, 1, MPI_DOUBLE, MPI_MAX, world);
+  MPI_Allreduce(sums, total, 4, MPI_DOUBLE, MPI_SUM, world);
+  if (comm->me == 0 && total[3] > 0) {
+    const double per = 1.0 / total[3];    // per rank and step (mean over ranks)
+    const int exchanges = comm->nprocs == 1 ? 0 : 2 * (num_layers - 1);
+    const double bytes = total[2] * per * exchanges * (num_features + num_sh) * sizeof(double);
+    utils::logmesg(lmp,
+                   "so3krates: computed/owned atoms = {:.2f} (max over ranks)\n"
+                   "so3krates: per rank and step (mean over ranks): {:.1f} owned atoms, {:.1f} halo atoms read "
+                   "(senders owned by another rank), {:.1f} ghosts owned by another rank; {} halo exchanges, "
+                   "{:.0f} bytes received + sent\n",
+                   max_ratio, total[0] * per, total[1] * per, total[2] * per, exchanges, bytes);
   }
-  if (want_virial) {
-    // W = -sum_edges r (x) dE/dr: exactly the virial of the energy this rank counts, LAMMPS sign.
-    auto w = out.at("virial").toTensor().to(torch::kFloat64).contiguous();
-    auto v = w.accessor<double, 3>();
-    virial[0] += energy_conv * v[0][0][0];
-    virial[1] += energy_conv * v[0][1][1];
-    virial[2] += energy_conv * v[0][2][2];
-    virial[3] += energy_conv * v[0][0][1];
-    virial[4] += energy_conv * v[0][0][2];
-    virial[5] += energy_conv * v[0][1][2];
-  }
+  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = 0.0;
 }

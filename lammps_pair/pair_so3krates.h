@@ -1,13 +1,13 @@
 /* pair_style so3krates: an exported SO3krates TorchScript model as a LAMMPS pair style.
 
-   SO3krates is message passing: an atom's energy depends on atoms up to
-   num_layers * cutoff (the interaction range) away. Two evaluation modes, both exact:
-   - GHOSTS (general, any number of ranks): owned + ghost atoms form one non-periodic point set;
-     ghosts reach out to interaction range + skin (those beyond the interaction range of the owned
-     atoms are dropped each step); the energy is summed over owned atoms only and forces on ghosts
-     go back to their owners through LAMMPS' reverse communication (newton on).
-   - PERIODIC_OWNERS (one rank, fully periodic box): only the owned atoms and the box go to the
-     model, whose own periodic neighbour search replaces the ghost shell (no redundant work).
+   SO3krates is message passing: layer t + 1 reads the state (invariant features x, Euclidean
+   variables ev) that layer t left on each neighbour. Each rank computes every layer for the atoms
+   it owns only. Ghost atoms reach one cutoff plus the skin; after each layer their state is copied
+   from their owners with LAMMPS' forward communication, and in the backward pass the gradients
+   with respect to ghost state are summed back onto the owners with reverse communication
+   (the "halo exchange"), so energies, forces and virials are exact on any number of ranks.
+   A ghost that is an image of an atom this rank owns reads its owner's state directly.
+   compute() = prepare (owners, edges) -> run the model stage by stage -> scatter the results.
 */
 #ifndef SO3KRATES_PAIR_SO3KRATES_H
 #define SO3KRATES_PAIR_SO3KRATES_H
@@ -31,10 +31,15 @@ class PairSo3krates : public Pair {
   void coeff(int, char **) override;
   void init_style() override;
   double init_one(int, int) override;
+  void finish() override;
+  double memory_usage() override;
+
+  int pack_forward_comm(int, int *, double *, int, int *) override;
+  void unpack_forward_comm(int, int, double *) override;
+  int pack_reverse_comm(int, int, double *) override;
+  void unpack_reverse_comm(int, int *, double *) override;
 
  private:
-  enum Mode { GHOSTS, PERIODIC_OWNERS };
-
   // the model and what its metadata says
   torch::jit::Module model;
   bool model_loaded;
@@ -42,24 +47,55 @@ class PairSo3krates : public Pair {
   int model_format;
   torch::Dtype model_dtype;
   double cutoff, interaction_range;
-  int num_layers;
+  int num_layers, num_features, num_sh;    // state per atom: x (num_features) and ev (num_sh)
   std::vector<int> model_elements;
 
   // LAMMPS side
-  std::vector<int> type_z;    // atomic number per LAMMPS type (index 1..ntypes); 0 = NULL
-  double energy_conv;         // eV -> LAMMPS energy unit (forces and virial scale the same: lengths are A)
-  int threads_requested;      // pair_style keyword `threads N`; 0 = automatic
-  Mode mode;
-  double logged_ghost_cutoff;
+  std::vector<int> type_z;          // atomic number per LAMMPS type (index 1..ntypes); 0 = NULL
+  std::vector<int> type_species;    // model element index per LAMMPS type; -1 = NULL
+  double energy_conv;               // eV -> LAMMPS energy unit (lengths are A in metal and real)
+  int threads_requested;            // pair_style keyword `threads N`; 0 = automatic
+  std::string logged_setup;
   std::string logged_units;    // unit style whose conversion factor the log has shown
-  std::vector<int> selected;    // LAMMPS indices of the atoms passed to the model, owned first
+
+  // the graph of this step (prepare): rows of the model's state tensors are the owned atoms
+  // (model types) followed by the "halo": ghost senders whose owner is on another rank
+  std::vector<int> owner;      // per LAMMPS atom: local index of the owner if on this rank, else -1
+  std::vector<int> row_of;     // per LAMMPS atom: its state row, -1 if none
+  std::vector<int> owned;      // LAMMPS index of row k < n_own
+  std::vector<int> halo;       // LAMMPS index of row n_own + k
+  std::vector<int64_t> edge_i, edge_j;     // rows of receiver and sender (half list, see build_edges)
+  std::vector<int> atom_i, atom_j;         // LAMMPS indices of receiver and sender (forces, virial)
+  std::vector<double> edge_vec;            // r_ij = x_j - x_i, 3 per edge
+
+  // exchange buffer: one row of `exchange_width` doubles per LAMMPS atom (owned and ghost)
+  double **buf;
+  int maxbuf, bufwidth, exchange_width;
+
+  // statistics of the current run, printed by finish()
+  double stat_steps, stat_owned, stat_computed, stat_halo, stat_foreign;
 
   void allocate();
   void load_model(const std::string &path);
+  void read_metadata(const std::string &path, const std::string &text);
   void check_units();
   void configure_threads();
-  Mode choose_mode();
   void log_model(const std::vector<std::string> &type_names);
+  void log_setup();
+
+  // compute() in three steps
+  void prepare();
+  void refresh_owners();
+  void build_edges();
+  void call_model(torch::Tensor &energies, torch::Tensor &edge_grad);
+  void idle_exchanges();
+  void scatter(const torch::Tensor &energies, const torch::Tensor &edge_grad);
+
+  // halo exchange of the state (forward) and of its gradient (reverse)
+  void grow_buffer();
+  void halo_forward(const torch::Tensor &x, const torch::Tensor &ev, torch::Tensor &x_all, torch::Tensor &ev_all);
+  void halo_reverse(const torch::Tensor &gx_all, const torch::Tensor &gev_all, torch::Tensor &gx,
+                    torch::Tensor &gev);
 };
 
 }    // namespace LAMMPS_NS

@@ -13,15 +13,17 @@ from . import units as lammps_units
 from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
 from .system import lammps_system, write_data
 
+STRESS_COLUMNS = ["c_stress[1]", "c_stress[2]", "c_stress[3]", "c_stress[4]", "c_stress[5]", "c_stress[6]"]
 VIRIAL_COLUMNS = ["c_virial[1]", "c_virial[2]", "c_virial[3]", "c_virial[4]", "c_virial[5]", "c_virial[6]"]
 
 
 def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "metal",
-                 workdir: Optional[str] = None, before_box: str = "", extra_commands: str = ""
-                 ) -> Dict[str, np.ndarray]:
+                 workdir: Optional[str] = None, before_box: str = "", extra_commands: str = "",
+                 per_atom_virial: bool = False) -> Dict[str, np.ndarray]:
     """{'energy': eV, 'energies': (N,) eV, 'forces': (N, 3) eV/A, 'virial': (3, 3) eV
     (W = V * pressure tensor, virial part; for a molecule sum_i r_i (x) F_i), 'log': LAMMPS log},
-    in the frame and atom order of `atoms`."""
+    in the frame and atom order of `atoms`. per_atom_virial: also 'virials' (N, 6) eV, the per-atom
+    virials W_i (xx yy zz xy xz yz, LAMMPS frame; sum_i W_i = W) from `compute stress/atom`."""
     if units not in lammps_units.SUPPORTED:
         raise ValueError(f"units {units!r}: the so3krates pair style supports {', '.join(lammps_units.SUPPORTED)}")
     from so3krates.export import read_metadata
@@ -30,13 +32,15 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
     tmp = Path(tempfile.mkdtemp(prefix="so3krates-lammps-", dir=workdir))
     try:
         write_data(str(tmp / "data.lmp"), system)
+        per_atom = STRESS_COLUMNS if per_atom_virial else []
         script = setup_commands(system, model_path, "data.lmp", units, before_box) + "\n".join([
             extra_commands,
             "compute virial all pressure NULL virial",
             "compute peatom all pe/atom",
+            "compute stress all stress/atom NULL virial" if per_atom_virial else "",
             "thermo_style custom step pe vol " + " ".join(VIRIAL_COLUMNS),
             THERMO_PRECISION,
-            "dump forces all custom 1 forces.dump id fx fy fz c_peatom",
+            "dump forces all custom 1 forces.dump id fx fy fz c_peatom " + " ".join(per_atom),
             "dump_modify forces sort id format float %.17g",
             "run 0",
             "",
@@ -68,4 +72,6 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
     w = p * float(thermo["Volume"][0]) / lammps_units.constants(units)["nktv2p"] / conv
     tensor = np.array([[w[0], w[3], w[4]], [w[3], w[1], w[5]], [w[4], w[5], w[2]]])
     out["virial"] = system.tensor_to_ase(tensor)
+    if per_atom_virial:   # stress/atom is -W_i in pressure x volume units
+        out["virials"] = -values[:, [col[c] for c in STRESS_COLUMNS]] / lammps_units.constants(units)["nktv2p"] / conv
     return out

@@ -3,7 +3,8 @@
 LAMMPS wants a lower-triangular cell (a along x, b in the xy plane); an arbitrary ASE cell is
 rotated into that frame: r_lammps = r_ase @ rotation, and results come back with rotation.T.
 Molecules (no periodicity) go into a shrink-wrapped non-periodic box (`boundary s s s`), which
-is exactly the isolated molecule of the ASE calculator.
+is exactly the isolated molecule of the ASE calculator; slabs and wires (mixed periodicity, in an
+axis-aligned orthorhombic cell) get `f` boundaries along their non-periodic axes.
 """
 from __future__ import annotations
 
@@ -62,12 +63,28 @@ def lammps_system(atoms: Atoms) -> LammpsSystem:
         tilts[np.abs(tilts) < TILT_ZERO * lengths.max()] = 0.0
         return LammpsSystem(atoms, q, "p p p", type_numbers, np.zeros(3), lengths, tilts)
     if pbc.any():
-        raise ValueError(f"mixed periodicity {pbc.tolist()} is not supported by the lammps engine; use a "
-                         "fully periodic cell or an isolated molecule (pbc=False)")
+        return mixed_periodicity_system(atoms, pbc, type_numbers)
     pos = np.asarray(atoms.positions, dtype=float)
     lo = pos.min(axis=0) - MOLECULE_PADDING_A
     hi = pos.max(axis=0) + MOLECULE_PADDING_A
     return LammpsSystem(atoms, np.eye(3), "s s s", type_numbers, lo, hi - lo, np.zeros(3))
+
+
+def mixed_periodicity_system(atoms: Atoms, pbc: np.ndarray, type_numbers: List[int]) -> LammpsSystem:
+    """A slab or wire (e.g. pbc = [True, True, False]) in an axis-aligned orthorhombic cell: boundary
+    `p` along the periodic axes, `f` along the others, whose box is the cell's extent, widened to
+    the atoms plus MOLECULE_PADDING_A if they stick out (an `f` box must hold every atom)."""
+    cell = np.asarray(atoms.cell.array, dtype=float)
+    if np.any(np.abs(cell - np.diag(np.diag(cell))) > TILT_ZERO * np.abs(cell).max()) or np.any(np.diag(cell) <= 0):
+        raise ValueError(f"mixed periodicity {pbc.tolist()} needs an axis-aligned orthorhombic cell (a along x, b "
+                         "along y, c along z) for the lammps engine; rotate the structure or use a periodic cell")
+    pos = np.asarray(atoms.positions, dtype=float)
+    lo, hi = np.zeros(3), np.diag(cell).copy()
+    for axis in np.flatnonzero(~pbc):
+        lo[axis] = min(0.0, pos[:, axis].min() - MOLECULE_PADDING_A)
+        hi[axis] = max(hi[axis], pos[:, axis].max() + MOLECULE_PADDING_A)
+    boundary = " ".join("p" if p else "f" for p in pbc)
+    return LammpsSystem(atoms, np.eye(3), boundary, type_numbers, lo, hi - lo, np.zeros(3))
 
 
 def write_data(path: str, system: LammpsSystem, velocities: bool = False) -> None:

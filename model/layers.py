@@ -51,9 +51,10 @@ class DegreeContraction(nn.Module):
 class EdgeGeometry(NamedTuple):
     """What a layer needs of each edge, computed once per evaluation (So3krates.edge_geometry).
 
-    rbf (E, K) radial basis, or (0, 0) for a tabulated model, which reads `rows`/`weights`
-    (E, 4) (radial_table.hermite_weights) instead; phi (E,) cutoff function; sh (E, S) spherical
-    harmonics Y(u_ij)."""
+    r (E,) distance; rbf (E, K) radial basis, or (0, 0) for a tabulated model, which reads
+    `rows`/`weights` (E, 4) (radial_table.hermite_weights) instead; phi (E,) cutoff function;
+    sh (E, S) spherical harmonics Y(u_ij)."""
+    r: torch.Tensor
     rbf: torch.Tensor
     rows: torch.Tensor
     weights: torch.Tensor
@@ -258,11 +259,13 @@ class EuclideanTransformerLayer(nn.Module):
         self.register_buffer("parity", torch.tensor(parity, dtype=torch.float64), persistent=False)  # (S,)
 
     def forward(self, x: torch.Tensor, ev: torch.Tensor, geometry: EdgeGeometry, idx_i: torch.Tensor,
-                idx_j: torch.Tensor, mirrored: bool, ev_is_zero: bool):
+                idx_j: torch.Tensor, mirrored: bool, ev_is_zero: bool, num_receivers: int = -1):
         """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
         are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
         costly filter nets run once per pair. ev_is_zero in the first layer, where the filters'
-        spherical branch is a constant."""
+        spherical branch is a constant. num_receivers >= 0: only the first num_receivers atoms are
+        updated and returned (the atoms a LAMMPS rank owns; the rest are senders whose state is
+        read, not computed)."""
         if ev_is_zero:
             delta = ev.new_zeros((0, 0))
         else:
@@ -275,6 +278,8 @@ class EuclideanTransformerLayer(nn.Module):
         dx = self.invariant_attention(x, w_inv, geometry.phi, idx_i, idx_j, mirrored=mirrored)
         dev = self.euclidean_attention(x, w_ev, geometry.phi, geometry.sh, self.expand, self.parity,
                                        idx_i, idx_j, mirrored=mirrored)
+        if num_receivers >= 0:
+            x, ev, dx, dev = x[:num_receivers], ev[:num_receivers], dx[:num_receivers], dev[:num_receivers]
         x = self.mlp_1(self.layer_norm_1(x + dx))
         ev = ev + dev
         # Eqs. 24-27: exchange block and its residual sums

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Tuple
 
 import torch
 from torch import nn
@@ -111,22 +112,55 @@ class So3krates(nn.Module):
         self.tabulated = True
         self.table_points = num_points
 
-    def edge_geometry(self, r: torch.Tensor, u: torch.Tensor) -> EdgeGeometry:
-        """Everything the layers need of each edge, from distances r (E,) and unit vectors u (E, 3)."""
+    # ---- Stages. `forward` is built from these, and the LAMMPS pair style calls them one by one
+    # (through Potential's stage_* methods) so that it can exchange the per-atom state of ghost
+    # atoms between layers (docs/model-format.md, "Stages"). Everything per edge is in `geometry`;
+    # everything per atom is (x, ev).
+
+    def edge_geometry(self, vectors: torch.Tensor) -> EdgeGeometry:
+        """Everything the layers and the pair terms need of each edge, from its vector r_ij (E, 3)."""
+        r = torch.linalg.norm(vectors, dim=-1)
+        u = vectors / r.unsqueeze(-1)
         if self.tabulated:
             rows, weights = hermite_weights(r, self.cutoff, self.table_points)
             rbf = r.new_zeros((0, 0))
         else:
             rbf = self.radial_basis(r)
             rows, weights = torch.zeros((0, 4), dtype=torch.long, device=r.device), r.new_zeros((0, 4))
-        return EdgeGeometry(rbf=rbf, rows=rows, weights=weights, phi=self.cutoff_function(r),
+        return EdgeGeometry(r=r, rbf=rbf, rows=rows, weights=weights, phi=self.cutoff_function(r),
                             sh=self.spherical_harmonics(u))
 
-    def readout(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
-        """Atomic energies E_i = s_Z e_i + mu_Z with e_i = Lin(silu(Lin(x_i))), in float64: the
-        element shifts (~ -1000 eV) would otherwise cost ~1e-4 eV of round-off per atom in every sum."""
+    def embed(self, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10: x_i = W_emb[Z_i]; the Euclidean variables start at zero (as in all released code)."""
+        x = self.embedding(species)
+        return x, torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
+
+    def layer_step(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: EdgeGeometry,
+                   idx_i: torch.Tensor, idx_j: torch.Tensor, half_list: bool,
+                   num_receivers: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Layer t on the state (x, ev) of N atoms -> the new state of the first num_receivers
+        atoms (all when -1). Edges must have their receivers among those; senders may be any of
+        the N (with half_list, a mirrored message into an atom beyond num_receivers is dropped)."""
+        for k, layer in enumerate(self.layers):   # TorchScript indexes a ModuleList by constants only
+            if k == t:
+                x, ev = layer(x, ev, geometry, idx_i, idx_j, mirrored=half_list, ev_is_zero=k == 0,
+                              num_receivers=num_receivers)
+        return x, ev
+
+    def atomic_energies(self, x: torch.Tensor, species: torch.Tensor, geometry: EdgeGeometry,
+                        idx_i: torch.Tensor, idx_j: torch.Tensor, half_list: bool) -> torch.Tensor:
+        """Per-atom energies (n,) eV, float64, of the first n = x.shape[0] atoms of `species` (N,):
+        E_i = s_Z e_i + mu_Z with e_i = Lin(silu(Lin(x_i))), plus the ZBL pair energy (half of each
+        pair to each of its atoms within the first n). Float64: the element shifts (~ -1000 eV) would
+        otherwise cost ~1e-4 eV of round-off per atom in every sum."""
+        n = x.shape[0]
+        own = species[:n]
         e = self.energy_out(fn.silu(self.energy_hidden(x))).squeeze(-1).to(torch.float64)
-        return self.energy_scale.index_select(0, species) * e + self.energy_shift.index_select(0, species)
+        energies = self.energy_scale.index_select(0, own) * e + self.energy_shift.index_select(0, own)
+        if self.zbl is not None:
+            pair = self.zbl(geometry.r, geometry.phi, species, idx_i, idx_j, mirrored=half_list)
+            energies = energies + pair[:n].to(torch.float64)
+        return energies
 
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
                 species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
@@ -136,14 +170,8 @@ class So3krates(nn.Module):
         With half_list, each edge stands for both directions of its pair (r_ji = -r_ij), and the
         costly filter nets run once per pair instead of once per direction.
         """
-        r = torch.linalg.norm(vectors, dim=-1)
-        geometry = self.edge_geometry(r, vectors / r.unsqueeze(-1))
-        # Eq. 10: x_i = W_emb[Z_i]; the Euclidean variables start at zero (as in all released code)
-        x = self.embedding(species)
-        ev = torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
-        for t, layer in enumerate(self.layers):
-            x, ev = layer(x, ev, geometry, idx_i, idx_j, mirrored=half_list, ev_is_zero=t == 0)
-        energies = self.readout(x, species)
-        if self.zbl is not None:
-            energies = energies + self.zbl(r, geometry.phi, species, idx_i, idx_j, mirrored=half_list).to(torch.float64)
-        return energies
+        geometry = self.edge_geometry(vectors)
+        x, ev = self.embed(species)
+        for t in range(len(self.layers)):
+            x, ev = self.layer_step(t, x, ev, geometry, idx_i, idx_j, half_list)
+        return self.atomic_energies(x, species, geometry, idx_i, idx_j, half_list)

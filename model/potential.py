@@ -14,6 +14,7 @@ from torch import nn
 
 from .config import So3kratesConfig
 from .neighbors import neighbor_list
+from .layers import EdgeGeometry
 from .network import So3krates
 
 
@@ -29,6 +30,10 @@ class Potential(nn.Module):
         self.num_layers = int(config.num_layers)
         self.interaction_range = float(config.interaction_range)
         self.elements: List[int] = [int(z) for z in config.elements]
+        # Per-atom state that layer t + 1 reads from its neighbours: x (num_features) and the
+        # Euclidean variables ev (num_sh); what a domain decomposition exchanges for ghost atoms.
+        self.num_features = int(network.features)
+        self.num_sh = int(network.num_sh)
         table = torch.full((119,), -1, dtype=torch.long)
         for index, z in enumerate(config.elements):
             table[z] = index
@@ -116,6 +121,39 @@ class Potential(nn.Module):
                 out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
         return out
 
+    # ---- Stages, for engines that drive the layers themselves (the LAMMPS pair style: one rank
+    # computes its owned atoms only and fills in the state of ghost atoms from their owners between
+    # layers). stage_geometry -> stage_embed -> stage_layer(0 .. num_layers - 1) -> stage_readout is
+    # exactly `forward`; see docs/model-format.md, "Stages". Edges i <- j are half-list pairs
+    # (messages flow both ways; the mirrored message into an atom beyond num_receivers is dropped).
+
+    @torch.jit.export
+    def stage_geometry(self, vectors: torch.Tensor) -> List[torch.Tensor]:
+        """[r, phi, sh, rbf, rows, weights] of the edges (E, 3) A, in the model dtype (a list of
+        tensors: the contract with C++, which differentiates the floating-point ones)."""
+        g = self.network.edge_geometry(vectors.to(self.dtype))
+        return [g.r, g.phi, g.sh, g.rbf, g.rows, g.weights]
+
+    @torch.jit.export
+    def stage_embed(self, species: torch.Tensor) -> List[torch.Tensor]:
+        """Initial [x (N, F), ev (N, S)] of atoms given by model element indices."""
+        x, ev = self.network.embed(species)
+        return [x, ev]
+
+    @torch.jit.export
+    def stage_layer(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: List[torch.Tensor],
+                    idx_i: torch.Tensor, idx_j: torch.Tensor, num_receivers: int) -> List[torch.Tensor]:
+        """Layer t: state of all N atoms in, new [x, ev] of the first num_receivers out."""
+        x, ev = self.network.layer_step(t, x, ev, edge_geometry(geometry), idx_i, idx_j, True, num_receivers)
+        return [x, ev]
+
+    @torch.jit.export
+    def stage_readout(self, x: torch.Tensor, species: torch.Tensor, geometry: List[torch.Tensor],
+                      idx_i: torch.Tensor, idx_j: torch.Tensor) -> torch.Tensor:
+        """Per-atom energies (n,) eV, float64, of the n atoms whose final x is given; species (N,)
+        of all atoms (the pair terms read the senders' elements too)."""
+        return self.network.atomic_energies(x, species, edge_geometry(geometry), idx_i, idx_j, True)
+
     @torch.jit.export
     def neighbors(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
                   pbc: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
@@ -159,6 +197,12 @@ class Potential(nn.Module):
         idx_i, idx_j, shifts = half_pairs(pairs[0], pairs[1], pairs[2])
         vectors = self.edge_vectors(positions, idx_i, idx_j, shifts)
         return self.network(vectors, idx_i, idx_j, species, half_list=True).sum()
+
+
+def edge_geometry(geometry: List[torch.Tensor]) -> EdgeGeometry:
+    """The stage methods' list [r, phi, sh, rbf, rows, weights] as the layers' EdgeGeometry."""
+    return EdgeGeometry(r=geometry[0], rbf=geometry[3], rows=geometry[4], weights=geometry[5], phi=geometry[1],
+                        sh=geometry[2])
 
 
 def half_pairs(idx_i: torch.Tensor, idx_j: torch.Tensor, shifts: Optional[torch.Tensor]

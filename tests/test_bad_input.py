@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 

@@ -210,7 +210,8 @@ def test_so3lr_layer_order_of_operations_matches_reference():
             # the half list (each pair once, messages both ways) is the same layer
             hi, hj, _ = half_pairs(i, j, s)
             keep = i < j
-            half = EdgeGeometry(geometry.rbf[keep], geometry.rows, geometry.weights, geometry.phi[keep], geometry.sh[keep])
+            half = EdgeGeometry(geometry.r[keep], geometry.rbf[keep], geometry.rows, geometry.weights, geometry.phi[keep],
+                                geometry.sh[keep])
             mirrored = layer(x, ev, half, hi, hj, mirrored=True, ev_is_zero=False)
             torch.testing.assert_close(mirrored[0], want[0], rtol=0, atol=1e-11)
             torch.testing.assert_close(mirrored[1], want[1], rtol=0, atol=1e-11)

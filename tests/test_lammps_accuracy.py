@@ -26,7 +26,7 @@ RTOL = 1e-8
 
 @pytest.fixture(scope="module")
 def model_path(export_random):
-    # Two message-passing layers: ghosts must reach 2 x cutoff for the multi-rank results to agree.
+    # Two message-passing layers: the state of ghost atoms is exchanged between them.
     return export_random("tiny_2layer_f64", num_layers=2, energy_shift=None)
 
 
@@ -149,7 +149,9 @@ def test_hybrid_overlay_with_null_type(model_path, tmp_path):
     assert e_h - e_lj == pytest.approx(ref["energy"], rel=RTOL)
     f_model = f_h - f_lj
     np.testing.assert_allclose(f_model[:n], ref["forces"], rtol=0, atol=RTOL * np.abs(ref["forces"]).max())
-    np.testing.assert_allclose(f_model[n:], 0.0, atol=1e-12)
+    # Ar feels only lj/cut: what is left is the round-off of its (large, random-placement) LJ forces,
+    # summed in another order when the hybrid style also builds so3krates' full neighbour list.
+    np.testing.assert_allclose(f_model[n:], 0.0, atol=1e-14 * max(1.0, np.abs(f_lj).max()))
 
 
 def test_float32_model(tmp_path):

@@ -2,12 +2,13 @@
 (no crash, no silent mis-assignment)."""
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
 import torch
 
-from so3krates.export import export_model
+from so3krates.export import METADATA_FILE, export_model
 from so3krates.model.radial_table import DEFAULT_POINTS
 from so3krates.lammps_pair import lmp_command, plugin_path
 from so3krates.lammps_pair.runtime import subprocess_env
@@ -23,6 +24,13 @@ def workdir(tmp_path_factory):
     export_model(random_network("tiny", energy_shift=None), path / "model.pt", "float64")
     torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), str(path / "not_so3krates.pt"))
     (path / "garbage.pt").write_text("this is not a model\n")
+    # A file that says it is of format 1 (before the stage methods): the same model, relabelled.
+    extra = {METADATA_FILE: ""}
+    module = torch.jit.load(str(path / "model.pt"), _extra_files=extra)
+    meta = json.loads(extra[METADATA_FILE])
+    meta["format_version"] = 1
+    del meta["state"]
+    torch.jit.save(module, str(path / "format1.pt"), _extra_files={METADATA_FILE: json.dumps(meta)})
     write_data(str(path / "water.lmp"), lammps_system(water_box(8, seed=0)))   # types: 1 = H, 2 = O
     return path
 
@@ -49,6 +57,10 @@ def test_good_input_runs(workdir):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "LAMMPS type -> element" in proc.stdout and "interaction range" in proc.stdout
     assert f"radial filters     cubic Hermite table ({DEFAULT_POINTS} points)" in proc.stdout
+    # the start-up log states the ghost cutoff and the halo exchanges; the end of the run, the work
+    assert "ghost atoms out to 6 A (cutoff 4 A + skin 2 A)" in proc.stdout
+    assert "halo exchanges     none on one rank" in proc.stdout
+    assert "so3krates: computed/owned atoms = 1.00 (max over ranks)" in proc.stdout
 
 
 @pytest.mark.parametrize("body, units, newton, phrases", [
@@ -67,11 +79,10 @@ def test_good_input_runs(workdir):
     ("pair_style so3krates\npair_coeff * * garbage.pt H O", "metal", "on",
      ["not a TorchScript model file", "so3krates export"]),
     ("pair_style so3krates model.pt", "metal", "on", ["unknown argument 'model.pt'", "pair_coeff * * model.pt"]),
-    ("pair_style so3krates\npair_coeff * * model.pt H O\ncompute s all stress/atom NULL\n"
-     "compute sum all reduce sum c_s[1]\nthermo_style custom step c_sum", "metal", "on",
-     ["per-atom virial", "thermo press"]),
+    ("pair_style so3krates\npair_coeff * * format1.pt H O", "metal", "on",
+     ["format 1", "re-export", "so3krates export CHECKPOINT -o model.pt"]),
 ], ids=["too few elements", "too many elements", "element not in model", "not an element", "not * *",
         "newton off", "units lj", "missing file", "other TorchScript", "not TorchScript", "pair_style args",
-        "stress/atom"])
+        "format 1 file"])
 def test_bad_input_is_an_error(workdir, body, units, newton, phrases):
     assert_error(run_input(workdir, body, units, newton), *phrases)

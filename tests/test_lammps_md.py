@@ -85,7 +85,23 @@ def test_two_rank_md_equals_one_rank(model_path, make, steps):
     np.testing.assert_allclose(two.frames[-1].positions, one.frames[-1].positions, atol=1e-8)
 
 
-def test_npt_runs_and_step0_pressure_matches_finite_difference(model_path, tmp_path):
+def test_nve_one_picosecond_four_ranks_equal_one_rank(model_path):
+    # The halo exchange only moves numbers: 4 ranks follow the 1-rank trajectory to round-off.
+    # 2 fs steps keep the 1 ps short (4 oversubscribed ranks cost ~0.1 s a step on 2 cores); the
+    # test compares ranks, not the integrator (1 ps of 96 atoms in 0.5 fs steps: 5e-13 A apart).
+    atoms = initial_state(water_box(16, seed=5), 300.0, seed=5)
+    settings = MDSettings(ensemble="nve", timestep_fs=2.0, steps=500, log_every=50, traj_every=250)
+    one = run("lammps", model_path, atoms, settings, ranks=1, progress=False)
+    four = run("lammps", model_path, atoms, settings, ranks=4, progress=False)
+    assert four.engine == "lammps:4" and four.frame_steps == one.frame_steps == [0, 250, 500]
+    for a, b in zip(four.frames, one.frames):
+        assert np.abs(a.positions - b.positions).max() < 1e-8
+    assert np.abs(four.frames[-1].positions - four.frames[0].positions).max() > 0.1, "the atoms should move"
+    np.testing.assert_allclose(four.potential_eV, one.potential_eV, rtol=1e-10)
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_npt_runs_and_step0_pressure_matches_finite_difference(model_path, tmp_path, ranks):
     atoms = water_box(48, seed=4)
     system = lammps_system(atoms)
     write_data(str(tmp_path / "data.lmp"), system)
@@ -100,7 +116,7 @@ def test_npt_runs_and_step0_pressure_matches_finite_difference(model_path, tmp_p
         "run 300",
         "",
     ])
-    thermo = parse_thermo(run_lammps(script, tmp_path))
+    thermo = parse_thermo(run_lammps(script, tmp_path, ranks=ranks))
     assert thermo["Step"][-1] == 300 and np.isfinite(thermo["Press"]).all()
     assert thermo["Volume"][-1] != pytest.approx(thermo["Volume"][0], rel=1e-6), "the barostat should act"
 
