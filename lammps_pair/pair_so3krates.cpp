@@ -1,5 +1,6 @@
 #include "pair_so3krates.h"
 
+#include "archive_check.h"
 #include "element_table.h"
 
 #include "atom.h"
@@ -26,6 +27,8 @@
 using namespace LAMMPS_NS;
 
 namespace {
+// As the model itself (model/potential.py, MIN_DISTANCE_A): closer atoms are an error.
+constexpr double MIN_DISTANCE_A = 0.01;
 // Format 2 added the stage methods and the state widths this pair style needs; format 1 files
 // only have compute() (whole-network calls, which would need ghosts num_layers cutoffs deep).
 constexpr int SUPPORTED_MODEL_FORMAT = 2;
@@ -207,6 +210,11 @@ void PairSo3krates::load_model(const std::string &path)
       error->all(FLERR, "pair_coeff: model file '{}' cannot be read (missing?); give the path of an exported "
                  "so3krates model: {}", path, EXPORT_HINT);
   }
+  // libtorch does not check the archive's CRCs: a damaged file would load and give wrong energies.
+  const std::string damaged = so3krates::damaged_member(path);
+  if (!damaged.empty())
+    error->all(FLERR, "pair_coeff: model file '{}' is damaged ({}: its CRC-32 does not match the archive); "
+               "copy or export it again: {}", path, damaged, EXPORT_HINT);
   torch::jit::ExtraFilesMap extra{{METADATA_FILE, ""}};
   try {
     model = torch::jit::load(path, torch::kCPU, extra);
@@ -454,7 +462,13 @@ void PairSo3krates::build_edges()
       const int j = jlist[jj] & NEIGHMASK;
       if (type_z[type[j]] == 0) continue;
       const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
-      if (d[0] * d[0] + d[1] * d[1] + d[2] * d[2] >= cutsq_model) continue;
+      const double rsq = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
+      if (rsq >= cutsq_model) continue;
+      if (rsq < MIN_DISTANCE_A * MIN_DISTANCE_A)    // no direction, and no physical structure gets there
+        error->one(FLERR,
+                   "pair_style so3krates: atoms with IDs {} and {} are closer than {} A: two atoms at the same "
+                   "position; remove the duplicated atom from the data file (or, in MD, shorten the time step)",
+                   std::min(atom->tag[i], atom->tag[j]), std::max(atom->tag[i], atom->tag[j]), MIN_DISTANCE_A);
       int rj;
       if (owner[j] < 0) {
         if (row_of[j] < 0) {
@@ -495,8 +509,8 @@ void PairSo3krates::call_model(torch::Tensor &energies, torch::Tensor &edge_grad
   auto vectors = torch::from_blob(edge_vec.data(), {num_edges, 3}, torch::kFloat64).to(model_dtype);
   vectors.requires_grad_(true);
   try {
-    // The graph executor's autodiff-subgraph optimisation slows these calls down (about 1.4x on
-    // the whole network); the plain interpreter records the autograd graph as eager code would.
+    // The graph executor's autodiff-subgraph optimisation slows these calls down (docs/benchmarks.md);
+    // the plain interpreter records the autograd graph as eager code would.
     torch::jit::GraphOptimizerEnabledGuard plain_interpreter(false);
     auto geometry = model.get_method("stage_geometry")({vectors}).toTensorVector();
     std::vector<torch::Tensor> leaves, geometry_float, geometry_grad;

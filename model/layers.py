@@ -21,8 +21,7 @@ from .radial_table import lookup
 def gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values[index] along the first dimension. In float64, advanced indexing is faster (its
     backward, an accumulating index_put, beats the scatter behind index_select's); in float32,
-    index_select (whole model, 1,536 water atoms, 1 thread: 6 % faster and 8 % slower than the
-    other choice; benchmarks/compare_exports.py)."""
+    index_select is (measured on the whole model with benchmarks/compare_exports.py)."""
     if values.dtype == torch.float64:
         return values[index]
     return values.index_select(0, index)
@@ -98,8 +97,8 @@ class FilterNet(nn.Module):
         if ev_is_zero:
             return w
         # In place: w is a fresh tensor that no backward needs. A contiguous (F/4, F) operand: its
-        # backward product (E, F) x (F, F/4) is ~20 % faster in float64 MKL (AMD EPYC) than with
-        # the transposed view of the weight.
+        # backward product (E, F) x (F, F/4) is faster in float64 MKL than with the transposed view
+        # of the weight.
         return w.addmm_(fn.silu(self.spherical_in(delta)), self.spherical_out.weight.t().contiguous())
 
 

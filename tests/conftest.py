@@ -27,11 +27,13 @@ SHIFTS_EV = [-13.6, -1029.0, -2041.0]
 
 def random_network(preset_name: str = "tiny", dtype: str = "float64", seed: int = 0,
                    energy_scale: Optional[float] = None, energy_shift: Optional[Sequence[float]] = SHIFTS_EV,
-                   elements: Sequence[int] = ELEMENTS, **config) -> So3krates:
+                   elements: Sequence[int] = ELEMENTS, zbl_repulsion: bool = False, **config) -> So3krates:
     """A network with random weights (seeded); energy_scale/energy_shift set the per-element
-    E_i = s e_i + mu (None keeps the defaults 1 and 0)."""
+    E_i = s e_i + mu (None keeps the defaults 1 and 0). ZBL is off unless asked for: random weights
+    do not balance its repulsion at bond lengths (a trained model does), so MD with it would blow up."""
     torch.manual_seed(seed)
-    net = So3krates(preset(preset_name, elements=list(elements), dtype=dtype, **config))
+    net = So3krates(preset(preset_name, elements=list(elements), dtype=dtype, zbl_repulsion=zbl_repulsion,
+                           **config))
     with torch.no_grad():
         if energy_scale is not None:
             net.energy_scale.fill_(energy_scale)

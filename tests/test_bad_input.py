@@ -598,17 +598,15 @@ def test_validate_of_a_blown_up_run_fails(capsys, stiff_model):
     assert "FAILED:" in out and "ase: NVE drift" in out and "PASSED" not in out
 
 
-@pytest.mark.xfail(strict=True, raises=pytest.fail.Exception, reason="pair_so3krates.cpp loads the file with torch::jit::load, which does not "
-                                       "check the zip's CRCs; the pair style is being rewritten (issue 15): the "
-                                       "check it needs is in docs/reliability.md")
 def test_a_lammps_deck_refuses_a_damaged_file(model, damaged, tmp_path):
-    """A user's own LAMMPS input loads the model in C++, without so3krates' Python checks."""
+    """A user's own LAMMPS input loads the model in C++, without so3krates' Python checks: the pair
+    style checks the archive's CRC-32s itself (libtorch does not)."""
     from so3krates.lammps_pair.runtime import new_lammps, plugin_path
     from so3krates.lammps_pair.system import lammps_system, write_data
     system = lammps_system(read_structure("ethanol"))
     write_data(str(tmp_path / "data.lmp"), system)
-    energies = {}
-    for name, path in (("good", model), ("damaged", damaged)):
+
+    def run(path):
         lmp = new_lammps()
         try:
             for command in ["units metal", "atom_style atomic", f"boundary {system.boundary}", "newton on",
@@ -616,10 +614,10 @@ def test_a_lammps_deck_refuses_a_damaged_file(model, damaged, tmp_path):
                             "pair_style so3krates", f"pair_coeff * * {path} {' '.join(system.type_symbols)}",
                             "run 0"]:
                 lmp.command(command)
-            energies[name] = lmp.get_thermo("pe")
-        except Exception as exc:  # noqa: BLE001 - the refusal this test wants
-            assert name == "damaged" and "damaged" in str(exc)
-            return
+            return lmp.get_thermo("pe")
         finally:
             lmp.close()
-    pytest.fail(f"LAMMPS loaded the damaged file: energy {energies['damaged']} eV instead of {energies['good']} eV")
+
+    assert run(model) < 0.0                      # the good file runs
+    with pytest.raises(Exception, match=r"is damaged \(.*data/.*: its CRC-32 does not match the archive\)"):
+        run(damaged)

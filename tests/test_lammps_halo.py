@@ -7,45 +7,35 @@ import re
 
 import numpy as np
 import pytest
-import torch
 from ase import Atoms
 from ase.build import molecule
 
-from so3krates.export import export_model
 from so3krates.lammps_pair.runner import THERMO_PRECISION, parse_thermo, run_lammps, setup_commands
 from so3krates.lammps_pair.single_point import single_point
 from so3krates.lammps_pair.system import lammps_system, write_data
-from so3krates.model import So3krates
-from so3krates.model.config import preset
 from so3krates.structures import water_box
+
+from conftest import triclinic
 
 RTOL = 1e-10
 WORK_LINE = "so3krates: computed/owned atoms = 1.00 (max over ranks)"
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    # Three layers: two forward and two reverse halo exchanges per step.
-    torch.manual_seed(0)
-    net = So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64", num_layers=3))
-    path = tmp_path_factory.mktemp("halo_models") / "tiny_3layer_f64.pt"
-    export_model(net, path, "float64")
-    return str(path)
+def model_path(export_random):
+    # Three layers: two forward and two reverse halo exchanges per step; for the MD tests.
+    return export_random("tiny_3layer_f64", num_layers=3, energy_shift=None)
+
+
+@pytest.fixture(scope="module")
+def zbl_model_path(export_random):
+    # The same with ZBL repulsion, a pair term read in the last stage (single points: random weights
+    # do not balance ZBL, so MD with it would blow up).
+    return export_random("tiny_3layer_zbl_f64", num_layers=3, energy_shift=None, zbl_repulsion=True)
 
 
 def water_3000() -> Atoms:
     return water_box(1000, seed=11)   # 3,000 atoms, 31 A
-
-
-def triclinic() -> Atoms:
-    atoms = water_box(96, seed=12)
-    cell = atoms.cell.array.copy()
-    cell[1, 0] += 3.0
-    cell[2, 0] -= 2.0
-    cell[2, 1] += 2.5
-    atoms.set_cell(cell, scale_atoms=False)
-    atoms.rotate(30, "z", rotate_cell=True)
-    return atoms
 
 
 def thin_box() -> Atoms:
@@ -77,7 +67,7 @@ def vacuum_molecule() -> Atoms:
 
 CASES = [
     ("3000-atom water box", water_3000, ""),
-    ("triclinic cell", triclinic, ""),
+    ("triclinic cell", lambda: triclinic(water_box(96, seed=12)), ""),
     ("box thinner than 2 cutoffs", thin_box, ""),
     ("p p f slab", slab, ""),
     ("ranks without atoms", lonely_cluster, "processors * 1 1"),
@@ -94,7 +84,8 @@ def assert_close(got: dict, want: dict, what: str, rtol: float = RTOL):
 
 
 @pytest.mark.parametrize("name, make, before_box", CASES, ids=[c[0] for c in CASES])
-def test_ranks_equal_one_rank(model_path, name, make, before_box):
+def test_ranks_equal_one_rank(zbl_model_path, name, make, before_box):
+    model_path = zbl_model_path
     atoms = make()
     one = single_point(model_path, atoms, ranks=1, before_box=before_box, per_atom_virial=True)
     assert WORK_LINE in one["log"]

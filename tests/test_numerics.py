@@ -112,11 +112,7 @@ def test_float32_translation_openmm(models, name):
         assert_same_forces(openmm_forces(models["float32"], translated(atoms, t)), ref, f"OpenMM {name} +{t} A")
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param("ethanol", marks=pytest.mark.xfail(
-        strict=True, reason="pair_so3krates.cpp casts the positions to the model dtype before calling the model "
-                            "(positions.to(model_dtype)); needs float64 positions passed (lammps_pair owner)")),
-    "periodic water"])
+@pytest.mark.parametrize("name", ["ethanol", "periodic water"])
 def test_float32_translation_lammps(models, name):
     from so3krates.lammps_pair.single_point import single_point
     atoms = STRUCTURES[name]()
@@ -162,8 +158,8 @@ def test_coincident_atoms_openmm(models):
 
 
 def test_coincident_atoms_lammps(models, tmp_path):
-    """Through the `lmp` executable, whose ERROR output keeps the model's whole message. The indices
-    are those of the atoms as the pair style passes them to the model (here the data file order)."""
+    """Through the `lmp` executable: the pair style names the two atoms by their LAMMPS atom IDs
+    (1-based, the data file order): the copy of atom 2 (ID 3) is atom 9 (ID 10)."""
     from so3krates.lammps_pair import lmp_command
     from so3krates.lammps_pair.runner import setup_commands
     from so3krates.lammps_pair.runtime import subprocess_env
@@ -175,7 +171,7 @@ def test_coincident_atoms_lammps(models, tmp_path):
                           env=subprocess_env(), capture_output=True, text=True, timeout=300)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0 and "ERROR" in out, out[-2000:]
-    assert COINCIDENT in out and "same position" in out, out[-2000:]
+    assert "atoms with IDs 3 and 10 are closer than 0.01 A" in out and "same position" in out, out[-2000:]
 
 
 def labelled(frames):
