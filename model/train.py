@@ -273,13 +273,10 @@ class Trainer:
                 stored[key] = getattr(options, key)
             known = {f.name for f in dataclasses.fields(TrainOptions)}
             self.options = options = TrainOptions(**{k: v for k, v in stored.items() if k in known})
-        else:
-            earlier = run_files(self.out)
-            if earlier and not options.overwrite:
-                raise ValueError(f"{self.out} already holds a run ({', '.join(f.name for f in earlier)}): continue "
-                                 f"it with --resume, replace it with --overwrite, or choose another --out")
-            for f in earlier:
-                f.unlink()
+        earlier = [] if options.resume else run_files(self.out)
+        if earlier and not options.overwrite:
+            raise ValueError(f"{self.out} already holds a run ({', '.join(f.name for f in earlier)}): continue "
+                             f"it with --resume, replace it with --overwrite, or choose another --out")
         # Absolute data paths: the stored run can be resumed from any directory.
         options.train, options.valid = absolute(options.train), absolute(options.valid)
         options.isolated_atoms = absolute(options.isolated_atoms)
@@ -348,6 +345,8 @@ class Trainer:
         self.best_loss = math.inf
         if resume is not None:
             self._restore(resume)
+        for f in earlier:   # --overwrite: only now that the new run is set up (a bad flag keeps the old run)
+            f.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
 
