@@ -117,8 +117,12 @@ class HeadProjection(nn.Module):
         self.blocks = blocks
         self.width = features // blocks
         if per_head:
-            # lecun normal, as the reference
-            self.weight = nn.Parameter(torch.randn(blocks, self.width, self.width) / math.sqrt(self.width))
+            # Each block drawn as nn.Linear draws its weight (uniform, bound 1/sqrt(fan-in), fan-in the
+            # block width): a block's output then has the variance of a full F x F nn.Linear's, the
+            # scale every other layer here starts at. (The reference's lecun normal, 3x the variance
+            # per projection, makes an untrained network's energies and forces ~100x larger.)
+            bound = 1.0 / math.sqrt(self.width)
+            self.weight = nn.Parameter(torch.empty(blocks, self.width, self.width).uniform_(-bound, bound))
         else:
             self.weight = nn.Linear(features, features, bias=False).weight
 

@@ -42,7 +42,7 @@ class GaussianBasis(nn.Module):
 
 
 class CosineCutoff(nn.Module):
-    """0.5 (cos(pi r / r_c) + 1) for r < r_c, else 0."""
+    """Eq. 17: 0.5 (cos(pi r / r_c) + 1) for r < r_c, else 0."""
 
     def __init__(self, cutoff: float):
         super().__init__()

@@ -246,6 +246,28 @@ def build_config(options: TrainOptions, train_set: List[Structure]) -> So3krates
 
 class Trainer:
     def __init__(self, options: TrainOptions):
+        resume, earlier = self._open_run_folder(options)
+        options = self.options
+        torch.set_num_threads(options.threads or max(1, min(2, os.cpu_count() or 1)))
+        self.dtype = getattr(torch, options.dtype)
+        self._read_data()
+        config = self._check_resumed_data(resume) if resume is not None else build_config(options, self.train_set)
+        torch.manual_seed(options.seed)
+        network = So3krates(config)
+        if resume is None:
+            self._fit_element_energies(network)
+        self._set_up_optimisation(network)
+        if resume is not None:
+            self._restore(resume)
+        for f in earlier:   # --overwrite: only now that the new run is set up (a bad flag keeps the old run)
+            f.unlink()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._write_config()
+
+    # --- set-up --------------------------------------------------------------------------------------
+    def _open_run_folder(self, options: TrainOptions):
+        """Check --out, --resume and --overwrite; sets self.options (the stored run's, when resuming)
+        and returns (the checkpoint to resume or None, the earlier run's files to replace)."""
         from .outputs import check_output_folder
         options.validate()
         self.options = options
@@ -266,7 +288,7 @@ class Trainer:
                                  f"{'; '.join(conflicts)}: drop these flags to resume, or start a new run with "
                                  f"another --out")
             # The run's recipe stays as it started; only how long to train may change. The data
-            # files may have moved (their sha256 is checked below); the paths given now are used.
+            # files may have moved (their sha256 is checked later); the paths given now are used.
             for key in RESUME_MAY_CHANGE:
                 if key in ("train", "valid", "isolated_atoms") and not getattr(options, key):
                     continue
@@ -280,9 +302,11 @@ class Trainer:
         # Absolute data paths: the stored run can be resumed from any directory.
         options.train, options.valid = absolute(options.train), absolute(options.valid)
         options.isolated_atoms = absolute(options.isolated_atoms)
-        torch.set_num_threads(options.threads or max(1, min(2, os.cpu_count() or 1)))
-        self.dtype = getattr(torch, options.dtype)
+        return resume, earlier
 
+    def _read_data(self) -> None:
+        """Training and validation structures, and the provenance metadata of the run."""
+        options = self.options
         if options.energy_only and options.forces_weight:
             options.forces_weight = 0.0
         structures = read(options.train, options, require_forces=not options.energy_only)
@@ -306,27 +330,32 @@ class Trainer:
             "data_energy_unit": options.energy_unit, "data_length_unit": options.length_unit,
             "preset": options.preset, "seed": options.seed,
         }
-        if resume is not None:
-            old = resume["metadata"]
-            for kind, key in (("training", "training_data"), ("validation", "validation_data")):
-                if old.get(key + "_sha256") != self.metadata[key + "_sha256"]:
-                    raise ValueError(f"the {kind} data {self.metadata[key]} is not the data this run started with "
-                                     f"({old.get(key)}; sha256 differs): resuming would train on other data; start "
-                                     f"a new run with another --out")
-            config = So3kratesConfig.from_dict(resume["config"])
-        else:
-            config = build_config(options, self.train_set)
-        torch.manual_seed(options.seed)
-        network = So3krates(config)
-        if resume is None:
-            isolated = None
-            if options.isolated_atoms:
-                isolated = read_dataset(options.isolated_atoms, options.energy_key, None, options.energy_unit,
-                                        options.length_unit)
-            mu = energy_shifts(self.train_set, list(config.elements), isolated)
-            with torch.no_grad():
-                network.energy_shift.copy_(torch.as_tensor(mu))
-                network.energy_scale.fill_(force_rms(self.train_set))
+
+    def _check_resumed_data(self, resume: Dict[str, Any]) -> So3kratesConfig:
+        """A resumed run must see the data it started with; returns its config."""
+        old = resume["metadata"]
+        for kind, key in (("training", "training_data"), ("validation", "validation_data")):
+            if old.get(key + "_sha256") != self.metadata[key + "_sha256"]:
+                raise ValueError(f"the {kind} data {self.metadata[key]} is not the data this run started with "
+                                 f"({old.get(key)}; sha256 differs): resuming would train on other data; start "
+                                 f"a new run with another --out")
+        return So3kratesConfig.from_dict(resume["config"])
+
+    def _fit_element_energies(self, network: So3krates) -> None:
+        """Per-element shifts by least squares (or from isolated atoms) and the force-RMS scale."""
+        options = self.options
+        isolated = None
+        if options.isolated_atoms:
+            isolated = read_dataset(options.isolated_atoms, options.energy_key, None, options.energy_unit,
+                                    options.length_unit)
+        mu = energy_shifts(self.train_set, list(network.config.elements), isolated)
+        with torch.no_grad():
+            network.energy_shift.copy_(torch.as_tensor(mu))
+            network.energy_scale.fill_(force_rms(self.train_set))
+
+    def _set_up_optimisation(self, network: So3krates) -> None:
+        """The model and its EMA copy, optimizer, schedule, shuffling and the graphs of the data."""
+        options, config = self.options, network.config
         self.potential = Potential(network)
         self.ema = copy.deepcopy(self.potential)
         for p in self.ema.parameters():
@@ -343,12 +372,6 @@ class Trainer:
         self.sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0, "n": 0, "structures": 0, "seconds": 0.0}
         self.history: List[Dict[str, float]] = []
         self.best_loss = math.inf
-        if resume is not None:
-            self._restore(resume)
-        for f in earlier:   # --overwrite: only now that the new run is set up (a bad flag keeps the old run)
-            f.unlink()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._write_config()
 
     # --- state ---------------------------------------------------------------------------------------
     def _state(self) -> Dict[str, Any]:

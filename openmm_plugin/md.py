@@ -21,6 +21,30 @@ from .units import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV, NM_PER_PS_PER_ASE_VELOCIT
 PS_PER_FS = 1e-3
 
 
+def start_context(system, frame, atoms: Atoms, settings: MDSettings, platform: str):
+    """A Context at the positions and velocities of `atoms` (velocity Verlet's v(0) handed to the
+    leapfrog VerletIntegrator as v(-dt/2), see above); returns (context, integrator)."""
+    import openmm
+    from openmm import unit
+    dt_ps = settings.timestep_fs * PS_PER_FS
+    if settings.ensemble == "nve":
+        integrator = openmm.VerletIntegrator(dt_ps)
+    else:
+        integrator = openmm.LangevinMiddleIntegrator(settings.temperature, settings.friction_per_ps, dt_ps)
+        integrator.setRandomNumberSeed(settings.seed)
+    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    if frame.box_nm is not None:
+        context.setPeriodicBoxVectors(*frame.box_nm)
+    context.setPositions(frame.positions_nm)
+    velocities = atoms.get_velocities() @ frame.rotation.T * NM_PER_PS_PER_ASE_VELOCITY
+    if settings.ensemble == "nve":
+        forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(
+            unit.kilojoule_per_mole / unit.nanometer)
+        velocities = velocities - 0.5 * dt_ps * forces / atoms.get_masses()[:, None]   # kJ/mol/nm/amu = nm/ps^2
+    context.setVelocities(velocities)
+    return context, integrator
+
+
 def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True,
            platform: Optional[str] = None, observer=None) -> MDResult:
     import openmm
@@ -29,24 +53,10 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
 
     system, frame = build_system(str(model_path), atoms)
     dt_ps = settings.timestep_fs * PS_PER_FS
-    if settings.ensemble == "nve":
-        integrator = openmm.VerletIntegrator(dt_ps)
-    else:
-        integrator = openmm.LangevinMiddleIntegrator(settings.temperature, settings.friction_per_ps, dt_ps)
-        integrator.setRandomNumberSeed(settings.seed)
-    context = openmm.Context(system, integrator,
-                             openmm.Platform.getPlatformByName(platform or default_platform(str(model_path))))
-    if frame.box_nm is not None:
-        context.setPeriodicBoxVectors(*frame.box_nm)
-    context.setPositions(frame.positions_nm)
+    context, integrator = start_context(system, frame, atoms, settings,
+                                        platform or default_platform(str(model_path)))
     masses = atoms.get_masses()[:, None]                                   # amu = g/mol
-    velocities = atoms.get_velocities() @ frame.rotation.T * NM_PER_PS_PER_ASE_VELOCITY
     half_step = settings.ensemble == "nve"
-    if half_step:
-        forces = context.getState(getForces=True).getForces(asNumpy=True).value_in_unit(
-            unit.kilojoule_per_mole / unit.nanometer)
-        velocities = velocities - 0.5 * dt_ps * forces / masses            # kJ/mol/nm/amu = nm/ps^2
-    context.setVelocities(velocities)
 
     result = MDResult(engine="openmm", timestep_fs=settings.timestep_fs, num_atoms=len(atoms), observer=observer)
 

@@ -63,47 +63,19 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
         f"on {', '.join(labels)}; reference: ase")
 
     reference_point = engines.single_point(REFERENCE, model_path, start)
-    step0: Dict[str, Dict[str, float]] = {}
-    for spec in specs:
-        point = engines.single_point(spec, model_path, start)
-        step0[spec.label] = step0_difference(reference_point, point, n)
-
+    step0 = {spec.label: step0_difference(reference_point, engines.single_point(spec, model_path, start), n)
+             for spec in specs}
     runs: Dict[str, MDResult] = {}
     reference_run = engines.run_md(REFERENCE, model_path, start, md, progress=progress)
     for spec in specs:
-        if spec == REFERENCE:
-            runs[spec.label] = reference_run
-        else:
-            runs[spec.label] = engines.run_md(spec, model_path, start, md, progress=progress)
+        runs[spec.label] = reference_run if spec == REFERENCE else engines.run_md(spec, model_path, start, md,
+                                                                                progress=progress)
     nve = {label: energy_conservation(r) for label, r in runs.items()}
     trajectory = {label: divergence(reference_run, r) for label, r in runs.items()}
-
-    failures: List[str] = []
-    for label in labels:
-        s = step0[label]
-        if not s["max_abs_dE_meV_per_atom"] <= tol.max_abs_dE_meV_per_atom:   # NaN fails too
-            failures.append(f"{label}: step-0 energy differs from ase by {s['max_abs_dE_meV_per_atom']:.3g} meV/atom "
-                            f"(tolerance {tol.max_abs_dE_meV_per_atom:g})")
-        if not s["max_abs_dF_meV_per_A"] <= tol.max_abs_dF_meV_per_A:
-            failures.append(f"{label}: step-0 forces differ from ase by {s['max_abs_dF_meV_per_A']:.3g} meV/A "
-                            f"(tolerance {tol.max_abs_dF_meV_per_A:g})")
-        c = nve[label]
-        if not np.isfinite(runs[label].total_eV).all():
-            failures.append(f"{label}: the NVE run blew up (non-finite energies); lower --timestep "
-                            f"(now {settings.timestep_fs:g} fs)")
-        if not abs(c["drift_meV_per_atom_per_ps"]) <= tol.max_abs_drift_meV_per_atom_per_ps:
-            failures.append(f"{label}: NVE drift {c['drift_meV_per_atom_per_ps']:.3g} meV/atom/ps "
-                            f"(tolerance {tol.max_abs_drift_meV_per_atom_per_ps:g})")
-        if not c["fluctuation_to_kinetic_ratio"] <= tol.max_fluctuation_to_kinetic_ratio:
-            failures.append(f"{label}: total-energy fluctuation is {c['fluctuation_to_kinetic_ratio']:.3g} of the "
-                            f"kinetic-energy fluctuation (tolerance {tol.max_fluctuation_to_kinetic_ratio:g}): "
-                            f"the time step is too large or the forces are not the energy gradient")
-        t = trajectory[label]["time_to_0.01A_fs"]
-        if t is not None and t < tol.min_time_to_0_01A_fs:
-            failures.append(f"{label}: trajectory departs from the ase reference by 0.01 A after {t:g} fs "
-                            f"(tolerance: not before {tol.min_time_to_0_01A_fs:g} fs)")
-
-    report = {
+    failures = [f for label in labels
+                for f in engine_failures(label, step0[label], runs[label], nve[label], trajectory[label], tol,
+                                         settings.timestep_fs)]
+    return {
         "model": str(model_path),
         "metadata": {k: meta[k] for k in ("so3krates_version", "dtype", "elements", "cutoff_A", "num_layers")},
         "num_atoms": n,
@@ -118,7 +90,34 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
         "passed": not failures,
         "_runs": runs,
     }
-    return report
+
+
+def engine_failures(label: str, s: Dict[str, float], run: MDResult, c: Dict[str, float], trajectory: Dict,
+                    tol: Tolerances, timestep_fs: float) -> List[str]:
+    """What one engine failed: step-0 agreement s, the NVE run and its conservation c, the divergence
+    from the reference trajectory. `not x <= tol` so that NaN fails too."""
+    failures: List[str] = []
+    if not s["max_abs_dE_meV_per_atom"] <= tol.max_abs_dE_meV_per_atom:
+        failures.append(f"{label}: step-0 energy differs from ase by {s['max_abs_dE_meV_per_atom']:.3g} meV/atom "
+                        f"(tolerance {tol.max_abs_dE_meV_per_atom:g})")
+    if not s["max_abs_dF_meV_per_A"] <= tol.max_abs_dF_meV_per_A:
+        failures.append(f"{label}: step-0 forces differ from ase by {s['max_abs_dF_meV_per_A']:.3g} meV/A "
+                        f"(tolerance {tol.max_abs_dF_meV_per_A:g})")
+    if not np.isfinite(run.total_eV).all():
+        failures.append(f"{label}: the NVE run blew up (non-finite energies); lower --timestep "
+                        f"(now {timestep_fs:g} fs)")
+    if not abs(c["drift_meV_per_atom_per_ps"]) <= tol.max_abs_drift_meV_per_atom_per_ps:
+        failures.append(f"{label}: NVE drift {c['drift_meV_per_atom_per_ps']:.3g} meV/atom/ps "
+                        f"(tolerance {tol.max_abs_drift_meV_per_atom_per_ps:g})")
+    if not c["fluctuation_to_kinetic_ratio"] <= tol.max_fluctuation_to_kinetic_ratio:
+        failures.append(f"{label}: total-energy fluctuation is {c['fluctuation_to_kinetic_ratio']:.3g} of the "
+                        f"kinetic-energy fluctuation (tolerance {tol.max_fluctuation_to_kinetic_ratio:g}): "
+                        f"the time step is too large or the forces are not the energy gradient")
+    t = trajectory["time_to_0.01A_fs"]
+    if t is not None and t < tol.min_time_to_0_01A_fs:
+        failures.append(f"{label}: trajectory departs from the ase reference by 0.01 A after {t:g} fs "
+                        f"(tolerance: not before {tol.min_time_to_0_01A_fs:g} fs)")
+    return failures
 
 
 def format_report(report: Dict) -> str:
