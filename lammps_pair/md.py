@@ -7,8 +7,6 @@ converted back to the ASE frame and units.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -17,7 +15,7 @@ from ase import Atoms
 
 from so3krates.engines import MDResult, MDSettings
 
-from .runner import THERMO_PRECISION, DumpTail, ThermoTail, run_lammps, setup_commands
+from .runner import THERMO_PRECISION, DumpTail, ThermoTail, run_folder, run_lammps, setup_commands
 from .system import lammps_system, write_data
 from .units import ase_time_per_lammps_time
 
@@ -59,8 +57,6 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progr
     """The rows and frames are read from the LAMMPS log and dump while LAMMPS runs (after each
     chunk in-process, every few seconds under mpiexec) and handed to `observer` at once. If LAMMPS
     fails, its folder (input, data, log, dump) is kept and its path is in the error message."""
-    from tqdm import tqdm
-
     settings.validate()
     if ranks < 1:
         raise ValueError(f"ranks must be >= 1, got {ranks}")
@@ -69,9 +65,16 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progr
     system = lammps_system(atoms)
     result = MDResult(engine="lammps" if ranks == 1 else f"lammps:{ranks}", timestep_fs=settings.timestep_fs,
                       num_atoms=len(atoms), observer=observer)
-    tmp = Path(tempfile.mkdtemp(prefix="so3krates-lammps-md-"))
-    write_data(str(tmp / "data.lmp"), system, velocities=True)
-    script = md_script(system, str(model_path), settings)
+    with run_folder("so3krates-lammps-md-", "its input, log and dump") as tmp:
+        write_data(str(tmp / "data.lmp"), system, velocities=True)
+        _run_and_collect(tmp, system, atoms, str(model_path), settings, ranks, progress, result)
+    return result
+
+
+def _run_and_collect(tmp: Path, system, atoms: Atoms, model_path: str, settings: MDSettings, ranks: int,
+                     progress: bool, result: MDResult) -> None:
+    from tqdm import tqdm
+    script = md_script(system, model_path, settings)
     runs = run_chunks(settings.steps, settings.log_every) if ranks == 1 else [f"run {settings.steps}"]
     bar = tqdm(total=settings.steps, desc=f"lammps md ({ranks} rank{'s' if ranks > 1 else ''})", unit="step",
                disable=not progress or ranks > 1, leave=False)
@@ -105,16 +108,6 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, ranks: int = 1, progr
     try:
         run_lammps(script, tmp, ranks, runs, after_run=after_run, poll=collect)
         collect()
-    except RuntimeError as exc:
-        if str(exc).startswith("LAMMPS"):
-            raise RuntimeError(f"{exc}; its input, log and dump are kept in {tmp}") from None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     finally:
         bar.close()
     result.wall_time_s = time.perf_counter() - start
-    shutil.rmtree(tmp, ignore_errors=True)
-    return result

@@ -2,8 +2,11 @@
 module), or `mpiexec -np N lmp` for more; read back the thermo log and dump files."""
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -101,6 +104,24 @@ def _lammps_call(function, argument: str) -> None:
         raise RuntimeError(f"LAMMPS failed: {' '.join(str(exc).split())}") from None
 
 
+@contextlib.contextmanager
+def run_folder(prefix: str, kept: str, workdir: Optional[str] = None):
+    """A temporary folder for one LAMMPS run, removed afterwards; when LAMMPS itself fails, it is
+    kept and the error says where (`kept`: what it holds, e.g. "its input and log")."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=workdir))
+    try:
+        yield tmp
+    except RuntimeError as exc:
+        if str(exc).startswith("LAMMPS"):
+            raise RuntimeError(f"{exc}; {kept} are kept in {tmp}") from None
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _stop(proc: subprocess.Popen) -> None:
     """End a child `mpiexec lmp` (and its ranks, which mpiexec forwards the signal to)."""
     if proc.poll() is not None:
@@ -113,17 +134,14 @@ def _stop(proc: subprocess.Popen) -> None:
         proc.wait()
 
 
-class ThermoTail:
-    """Thermo rows of a log that is still being written: feed() reads what was added since the
-    last call, keeps an incomplete last line for the next call, and returns the new rows
-    ({column: value}) in order."""
+class FileTail:
+    """A text file that is still being written: new_lines() returns the complete lines added since
+    the last call and keeps an incomplete last line for the next."""
 
     def __init__(self, path: Path):
         self.path, self.offset, self.partial = Path(path), 0, ""
-        self.header: List[str] = []
-        self.reading = False
 
-    def feed(self) -> List[Dict[str, float]]:
+    def new_lines(self) -> List[str]:
         if not self.path.exists():
             return []
         with open(self.path, "r", errors="replace") as fh:
@@ -132,8 +150,22 @@ class ThermoTail:
             self.offset = fh.tell()
         lines = (self.partial + text).split("\n")
         self.partial = lines.pop()   # "" when the text ended with a newline
+        return lines
+
+
+class ThermoTail:
+    """Thermo rows of a log that is still being written: feed() reads what was added since the
+    last call, keeps an incomplete last line for the next call, and returns the new rows
+    ({column: value}) in order."""
+
+    def __init__(self, path: Path):
+        self.file = FileTail(path)
+        self.header: List[str] = []
+        self.reading = False
+
+    def feed(self) -> List[Dict[str, float]]:
         rows = []
-        for line in lines:
+        for line in self.file.new_lines():
             words = line.split()
             if words and words[0] == "Step":
                 self.header, self.reading = words, True
@@ -156,19 +188,11 @@ class DumpTail:
     frames completed since the last call, as read_dump does."""
 
     def __init__(self, path: Path):
-        self.path, self.offset, self.lines = Path(path), 0, []
-        self.partial = ""
+        self.file = FileTail(path)
+        self.lines: List[str] = []
 
     def feed(self) -> List[Tuple[int, List[str], np.ndarray]]:
-        if not self.path.exists():
-            return []
-        with open(self.path, "r", errors="replace") as fh:
-            fh.seek(self.offset)
-            text = fh.read()
-            self.offset = fh.tell()
-        lines = (self.partial + text).split("\n")
-        self.partial = lines.pop()
-        self.lines.extend(lines)
+        self.lines.extend(self.file.new_lines())
         frames = []
         while True:
             frame, used = _dump_frame(self.lines)

@@ -1,16 +1,13 @@
 """Energy, per-atom energies, forces and virial of one structure through LAMMPS (`run 0`)."""
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
 from ase import Atoms
 
 from . import units as lammps_units
-from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_lammps, setup_commands
+from .runner import THERMO_PRECISION, parse_thermo, read_dump, run_folder, run_lammps, setup_commands
 from .system import lammps_system, write_data
 
 STRESS_COLUMNS = ["c_stress[1]", "c_stress[2]", "c_stress[3]", "c_stress[4]", "c_stress[5]", "c_stress[6]"]
@@ -29,8 +26,7 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
     from so3krates.export import read_metadata
     read_metadata(model_path)   # a missing, foreign or damaged model file is refused before LAMMPS starts
     system = lammps_system(atoms)
-    tmp = Path(tempfile.mkdtemp(prefix="so3krates-lammps-", dir=workdir))
-    try:
+    with run_folder("so3krates-lammps-", "its input and log", workdir) as tmp:
         write_data(str(tmp / "data.lmp"), system)
         per_atom = STRESS_COLUMNS if per_atom_virial else []
         script = setup_commands(system, model_path, "data.lmp", units, before_box) + "\n".join([
@@ -48,15 +44,6 @@ def single_point(model_path: str, atoms: Atoms, ranks: int = 1, units: str = "me
         log = run_lammps(script, tmp, ranks)
         thermo = parse_thermo(log)
         _, columns, values = read_dump(tmp / "forces.dump")[0]
-    except RuntimeError as exc:
-        if str(exc).startswith("LAMMPS"):   # a failed LAMMPS run: keep its input and log
-            raise RuntimeError(f"{exc}; its input and log are kept in {tmp}") from None
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(tmp, ignore_errors=True)
     conv = lammps_units.energy_per_ev(units, log)
     col = {name: k for k, name in enumerate(columns)}
     order = np.argsort(values[:, col["id"]])

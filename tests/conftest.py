@@ -107,6 +107,24 @@ def random_water(n_molecules: int = 12, box: float = 9.0, seed: int = 0, cell=No
     return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
 
 
+def openmm_context(model_path, atoms: Atoms, platform: str = "Reference", positions=None):
+    """A real OpenMM Context whose only force is create_force's TorchForce: (context, frame)."""
+    import openmm
+    from so3krates.openmm_plugin import create_force
+    from so3krates.openmm_plugin.system import openmm_frame
+    system = openmm.System()
+    for m in atoms.get_masses():
+        system.addParticle(m)
+    frame = openmm_frame(atoms)
+    periodic = frame.box_nm is not None
+    if periodic:
+        system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in frame.box_nm))
+    system.addForce(create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic))
+    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName(platform))
+    ctx.setPositions(frame.positions_nm if positions is None else positions)
+    return ctx, frame
+
+
 @pytest.fixture(scope="session")
 def trained_ethanol(tmp_path_factory) -> Path:
     """A tiny float64 model trained on 100 GFN2-xTB ethanol frames for a fixed number of epochs

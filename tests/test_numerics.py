@@ -23,10 +23,9 @@ from so3krates.model.data import DataError
 from so3krates.model.evaluate import evaluate
 from so3krates.model.train import TrainOptions, Trainer
 from so3krates.openmm_plugin import KJ_PER_MOL_PER_EV, create_force
-from so3krates.openmm_plugin.system import openmm_frame
 from so3krates.structures import water_box
 
-from conftest import ethanol, random_network
+from conftest import ethanol, openmm_context, random_network
 
 TRANSLATIONS = (1_000.0, 10_000.0)
 
@@ -90,16 +89,7 @@ def test_float32_translation_ase(models, name):
 
 
 def openmm_forces(model_path, atoms):
-    system = openmm.System()
-    for m in atoms.get_masses():
-        system.addParticle(m)
-    frame = openmm_frame(atoms)
-    periodic = frame.box_nm is not None
-    if periodic:
-        system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in frame.box_nm))
-    system.addForce(create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic))
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(frame.positions_nm)
+    ctx, frame = openmm_context(model_path, atoms)
     f = ctx.getState(getForces=True).getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
     return frame.to_ase(np.asarray(f) / (KJ_PER_MOL_PER_EV * 10.0))
 

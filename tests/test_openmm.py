@@ -13,7 +13,7 @@ from so3krates.openmm_plugin import KJ_PER_MOL_PER_EV, create_force
 from so3krates.openmm_plugin.system import openmm_frame
 from so3krates.structures import water_box
 
-from conftest import random_network, triclinic
+from conftest import openmm_context, random_network, triclinic
 
 EV_PER_A_IN_KJ_PER_MOL_PER_NM = KJ_PER_MOL_PER_EV * 10.0
 
@@ -45,17 +45,7 @@ def model32(tmp_path_factory):
 
 
 def context_for(model_path, atoms, platform="Reference", positions=None):
-    system = openmm.System()
-    for m in atoms.get_masses():
-        system.addParticle(m)
-    frame = openmm_frame(atoms)
-    periodic = frame.box_nm is not None
-    if periodic:
-        system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in frame.box_nm))
-    system.addForce(create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic))
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName(platform))
-    ctx.setPositions(frame.positions_nm if positions is None else positions)
-    return ctx, frame
+    return openmm_context(model_path, atoms, platform, positions)
 
 
 def energy_forces(ctx, frame):
