@@ -30,7 +30,8 @@ NVE_DRIFT_BOUND_MEV_PER_ATOM_PER_PS = 0.05   # the float64 bound of docs/validat
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory):
     torch.manual_seed(0)
-    net = So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64", num_layers=2))
+    # No ZBL: an untrained network does not balance its repulsion at bond lengths (see test_validation.py).
+    net = So3krates(preset("tiny", elements=[1, 6, 8], dtype="float64", num_layers=2, zbl_repulsion=False))
     with torch.no_grad():
         net.energy_scale.mul_(ENERGY_SCALE)
     path = tmp_path_factory.mktemp("lammps_md") / "tiny_md.pt"
