@@ -48,8 +48,9 @@ struct ZipBytes {
   }
 };
 
-// "" when every stored member's CRC-32 matches its central-directory record; otherwise what is
-// wrong (the damaged member's name, or why the archive cannot be read).
+// "" when every stored member's CRC-32 matches its central-directory record (or the file is no zip
+// archive at all, which torch::jit::load reports itself); otherwise what is wrong (the damaged
+// member's name, or why the archive cannot be read).
 inline std::string damaged_member(const std::string &path)
 {
   std::ifstream in(path, std::ios::binary);
@@ -62,7 +63,7 @@ inline std::string damaged_member(const std::string &path)
       eocd = n - back;
       break;
     }
-  if (eocd == std::string::npos) return "no zip end-of-central-directory record (truncated?)";
+  if (eocd == std::string::npos) return "";    // not a zip archive at all: torch::jit::load says so
   uint64_t entries = z.get(eocd + 10, 2), cd_offset = z.get(eocd + 16, 4);
   if ((entries == 0xFFFF || cd_offset == 0xFFFFFFFFu) && eocd >= 20 && z.get(eocd - 20, 4) == 0x07064b50u) {
     const uint64_t zip64 = z.get(eocd - 20 + 8, 8);    // the zip64 end-of-central-directory record

@@ -254,7 +254,7 @@ def zbl_formula(r, zi, zj, cutoff, r_switch=1.5):
 
 
 def zero_network():
-    net = random_network("tiny", energy_shift=None)
+    net = random_network("tiny", energy_shift=None, zbl_repulsion=True)
     with torch.no_grad():
         net.energy_out.weight.zero_()
         net.energy_out.bias.zero_()
