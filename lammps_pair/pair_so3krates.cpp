@@ -90,7 +90,7 @@ PairSo3krates::PairSo3krates(LAMMPS *lmp) :
     Pair(lmp), model_loaded(false), model_format(0), model_dtype(torch::kFloat64), cutoff(0.0),
     interaction_range(0.0), num_layers(0), num_features(0), num_sh(0), energy_conv(1.0), threads_requested(0),
     buf(nullptr), maxbuf(0), bufwidth(0), exchange_width(0), stat_steps(0), stat_owned(0),
-    stat_computed(0), stat_halo(0), stat_foreign(0), stat_cpu(0), stat_exchange_cpu(0), exchange_cpu(0)
+    stat_computed(0), stat_halo(0), stat_foreign(0), stat_cpu(0), stat_exchange_cpu(0), stat_timed_steps(0), exchange_cpu(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -337,7 +337,7 @@ void PairSo3krates::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL);
   // One row of x and ev per atom; the owner map (2 numbers per atom) fits as well.
   comm_forward = comm_reverse = std::max(2, num_features + num_sh);
-  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = stat_cpu = stat_exchange_cpu = 0.0;
+  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = stat_cpu = stat_exchange_cpu = stat_timed_steps = 0.0;
   log_setup();
 }
 
@@ -389,8 +389,13 @@ void PairSo3krates::compute(int eflag, int vflag)
   int foreign = 0;
   for (int g = atom->nlocal; g < atom->nlocal + atom->nghost; ++g) foreign += owner[g] < 0;
   stat_foreign += foreign;
-  stat_cpu += cpu_seconds() - cpu_start - exchange_cpu;
-  stat_exchange_cpu += exchange_cpu;
+  // CPU time of the steps of the run only (not of the set-up call before the first step, which
+  // LAMMPS does not count in its loop time either).
+  if (!update->setupflag) {
+    stat_cpu += cpu_seconds() - cpu_start - exchange_cpu;
+    stat_exchange_cpu += exchange_cpu;
+    stat_timed_steps += 1;
+  }
 }
 
 void PairSo3krates::prepare()
@@ -722,9 +727,10 @@ double PairSo3krates::memory_usage()
 void PairSo3krates::finish()
 {
   const double ratio = stat_owned > 0 ? stat_computed / stat_owned : 0.0;
-  const double cpu = stat_steps > 0 ? stat_cpu / stat_steps : 0.0;
+  const double cpu = stat_timed_steps > 0 ? stat_cpu / stat_timed_steps : 0.0;
   double max_ratio = 0.0, max_cpu = 0.0;
-  double sums[6] = {stat_owned, stat_halo, stat_foreign, stat_steps, cpu, stat_exchange_cpu}, total[6];
+  const double exchange = stat_timed_steps > 0 ? stat_exchange_cpu / stat_timed_steps : 0.0;
+  double sums[6] = {stat_owned, stat_halo, stat_foreign, stat_steps, cpu, exchange}, total[6];
   MPI_Allreduce(&ratio, &max_ratio, 1, MPI_DOUBLE, MPI_MAX, world);
   MPI_Allreduce(&cpu, &max_cpu, 1, MPI_DOUBLE, MPI_MAX, world);
   MPI_Allreduce(sums, total, 6, MPI_DOUBLE, MPI_SUM, world);
@@ -742,7 +748,7 @@ void PairSo3krates::finish()
     utils::logmesg(lmp,
                    "so3krates: pair style CPU time per step without the exchanges = {:.3f} ms max over ranks, "
                    "{:.3f} ms summed over ranks; in the halo exchanges {:.3f} ms per rank\n",
-                   1000 * max_cpu, 1000 * total[4], 1000 * total[5] * per);
+                   1000 * max_cpu, 1000 * total[4], 1000 * total[5] / comm->nprocs);
   }
-  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = stat_cpu = stat_exchange_cpu = 0.0;
+  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = stat_cpu = stat_exchange_cpu = stat_timed_steps = 0.0;
 }

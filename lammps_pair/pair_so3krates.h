@@ -72,7 +72,7 @@ class PairSo3krates : public Pair {
   int maxbuf, bufwidth, exchange_width;
 
   // statistics of the current run, printed by finish()
-  double stat_steps, stat_owned, stat_computed, stat_halo, stat_foreign, stat_cpu, stat_exchange_cpu;
+  double stat_steps, stat_owned, stat_computed, stat_halo, stat_foreign, stat_cpu, stat_exchange_cpu, stat_timed_steps;
   double exchange_cpu;    // CPU seconds in this step's exchanges
 
   void allocate();
