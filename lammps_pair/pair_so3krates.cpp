@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <ctime>
 #include <cstring>
 #include <fstream>
 
@@ -69,6 +70,14 @@ torch::autograd::variable_list backward(const std::vector<torch::Tensor> &output
   return torch::autograd::grad(outs, inputs, gouts, false, false, true);
 }
 
+// CPU time of this process: unlike wall time, it does not grow when other jobs share the cores.
+double cpu_seconds()
+{
+  timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return t.tv_sec + 1e-9 * t.tv_nsec;
+}
+
 void add_grads(std::vector<torch::Tensor> &sum, const torch::autograd::variable_list &grads, size_t first)
 {
   for (size_t k = 0; k < sum.size(); ++k) {
@@ -84,7 +93,7 @@ PairSo3krates::PairSo3krates(LAMMPS *lmp) :
     Pair(lmp), model_loaded(false), model_format(0), model_dtype(torch::kFloat64), cutoff(0.0),
     interaction_range(0.0), num_layers(0), num_features(0), num_sh(0), energy_conv(1.0), threads_requested(0),
     buf(nullptr), maxbuf(0), bufwidth(0), exchange_width(0), stat_steps(0), stat_owned(0),
-    stat_computed(0), stat_halo(0), stat_foreign(0)
+    stat_computed(0), stat_halo(0), stat_foreign(0), stat_cpu(0), stat_exchange_cpu(0), stat_timed_steps(0), exchange_cpu(0)
 {
   single_enable = 0;
   restartinfo = 0;
@@ -342,7 +351,7 @@ void PairSo3krates::init_style()
   neighbor->add_request(this, NeighConst::REQ_FULL);
   // One row of x and ev per atom; the owner map (2 numbers per atom) fits as well.
   comm_forward = comm_reverse = std::max(2, num_features + num_sh);
-  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = 0.0;
+  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = stat_cpu = stat_exchange_cpu = stat_timed_steps = 0.0;
   log_setup();
 }
 
@@ -377,6 +386,8 @@ double PairSo3krates::init_one(int, int)
 
 void PairSo3krates::compute(int eflag, int vflag)
 {
+  const double cpu_start = cpu_seconds();
+  exchange_cpu = 0.0;
   ev_init(eflag, vflag);
   prepare();
   torch::Tensor energies, edge_grad;
@@ -392,6 +403,13 @@ void PairSo3krates::compute(int eflag, int vflag)
   int foreign = 0;
   for (int g = atom->nlocal; g < atom->nlocal + atom->nghost; ++g) foreign += owner[g] < 0;
   stat_foreign += foreign;
+  // CPU time of the steps of the run only (not of the set-up call before the first step, which
+  // LAMMPS does not count in its loop time either).
+  if (!update->setupflag) {
+    stat_cpu += cpu_seconds() - cpu_start - exchange_cpu;
+    stat_exchange_cpu += exchange_cpu;
+    stat_timed_steps += 1;
+  }
 }
 
 void PairSo3krates::prepare()
@@ -426,7 +444,7 @@ void PairSo3krates::refresh_owners()
     buf[i][1] = i;
   }
   exchange_width = 2;
-  comm->forward_comm(this, 2);
+  timed_forward(2);
   owner.assign(nall, -1);
   for (int i = 0; i < nlocal; ++i) owner[i] = i;
   for (int g = nlocal; g < nall; ++g)
@@ -574,10 +592,10 @@ void PairSo3krates::idle_exchanges()
   if (comm->nprocs == 1) return;
   const int width = num_features + num_sh;
   exchange_width = width;
-  for (int t = 0; t + 1 < num_layers; ++t) comm->forward_comm(this, width);
+  for (int t = 0; t + 1 < num_layers; ++t) timed_forward(width);
   for (int t = 0; t + 1 < num_layers; ++t) {
     for (int i = 0; i < atom->nlocal + atom->nghost; ++i) std::fill(buf[i], buf[i] + width, 0.0);
-    comm->reverse_comm(this, width);
+    timed_reverse(width);
   }
 }
 
@@ -595,8 +613,7 @@ void PairSo3krates::halo_forward(const torch::Tensor &x, const torch::Tensor &ev
   auto own = torch::cat({x.detach(), ev.detach()}, 1).to(torch::kFloat64).contiguous();
   const double *p = own.data_ptr<double>();
   for (size_t k = 0; k < owned.size(); ++k) std::memcpy(buf[owned[k]], p + k * width, width * sizeof(double));
-  exchange_width = width;
-  comm->forward_comm(this, width);
+  timed_forward(width);
   auto ghost = torch::empty({static_cast<int64_t>(halo.size()), width}, torch::kFloat64);
   double *q = ghost.data_ptr<double>();
   for (size_t k = 0; k < halo.size(); ++k) std::memcpy(q + k * width, buf[halo[k]], width * sizeof(double));
@@ -623,8 +640,7 @@ void PairSo3krates::halo_reverse(const torch::Tensor &gx_all, const torch::Tenso
   for (int i = 0; i < atom->nlocal + atom->nghost; ++i) std::fill(buf[i], buf[i] + width, 0.0);
   for (size_t k = 0; k < halo.size(); ++k)
     std::memcpy(buf[halo[k]], p + (n_own + k) * width, width * sizeof(double));
-  exchange_width = width;
-  comm->reverse_comm(this, width);
+  timed_reverse(width);
   auto back = torch::empty({n_own, width}, torch::kFloat64);
   double *q = back.data_ptr<double>();
   for (int64_t k = 0; k < n_own; ++k) std::memcpy(q + k * width, buf[owned[k]], width * sizeof(double));
@@ -671,6 +687,22 @@ void PairSo3krates::scatter(const torch::Tensor &energies, const torch::Tensor &
   }
 }
 
+void PairSo3krates::timed_forward(int width)
+{
+  const double start = cpu_seconds();
+  exchange_width = width;
+  comm->forward_comm(this, width);
+  exchange_cpu += cpu_seconds() - start;
+}
+
+void PairSo3krates::timed_reverse(int width)
+{
+  const double start = cpu_seconds();
+  exchange_width = width;
+  comm->reverse_comm(this, width);
+  exchange_cpu += cpu_seconds() - start;
+}
+
 /* ----------------------------------------------------------------------
    Exchange buffer <-> LAMMPS communication buffers (exchange_width numbers per atom)
 ------------------------------------------------------------------------- */
@@ -715,9 +747,13 @@ double PairSo3krates::memory_usage()
 void PairSo3krates::finish()
 {
   const double ratio = stat_owned > 0 ? stat_computed / stat_owned : 0.0;
-  double max_ratio = 0.0, sums[4] = {stat_owned, stat_halo, stat_foreign, stat_steps}, total[4];
+  const double cpu = stat_timed_steps > 0 ? stat_cpu / stat_timed_steps : 0.0;
+  double max_ratio = 0.0, max_cpu = 0.0;
+  const double exchange = stat_timed_steps > 0 ? stat_exchange_cpu / stat_timed_steps : 0.0;
+  double sums[6] = {stat_owned, stat_halo, stat_foreign, stat_steps, cpu, exchange}, total[6];
   MPI_Allreduce(&ratio, &max_ratio, 1, MPI_DOUBLE, MPI_MAX, world);
-  MPI_Allreduce(sums, total, 4, MPI_DOUBLE, MPI_SUM, world);
+  MPI_Allreduce(&cpu, &max_cpu, 1, MPI_DOUBLE, MPI_MAX, world);
+  MPI_Allreduce(sums, total, 6, MPI_DOUBLE, MPI_SUM, world);
   if (comm->me == 0 && total[3] > 0) {
     const double per = 1.0 / total[3];    // per rank and step (mean over ranks)
     const int exchanges = comm->nprocs == 1 ? 0 : 2 * (num_layers - 1);
@@ -728,6 +764,11 @@ void PairSo3krates::finish()
                    "(senders owned by another rank), {:.1f} ghosts owned by another rank; {} halo exchanges, "
                    "{:.0f} bytes received + sent\n",
                    max_ratio, total[0] * per, total[1] * per, total[2] * per, exchanges, bytes);
+    // CPU time, not wall time: a measure of the work that other jobs on shared cores do not inflate.
+    utils::logmesg(lmp,
+                   "so3krates: pair style CPU time per step without the exchanges = {:.3f} ms max over ranks, "
+                   "{:.3f} ms summed over ranks; in the halo exchanges {:.3f} ms per rank\n",
+                   1000 * max_cpu, 1000 * total[4], 1000 * total[5] / comm->nprocs);
   }
-  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = 0.0;
+  stat_steps = stat_owned = stat_computed = stat_halo = stat_foreign = stat_cpu = stat_exchange_cpu = stat_timed_steps = 0.0;
 }

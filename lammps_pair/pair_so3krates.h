@@ -73,7 +73,8 @@ class PairSo3krates : public Pair {
   int maxbuf, bufwidth, exchange_width;
 
   // statistics of the current run, printed by finish()
-  double stat_steps, stat_owned, stat_computed, stat_halo, stat_foreign;
+  double stat_steps, stat_owned, stat_computed, stat_halo, stat_foreign, stat_cpu, stat_exchange_cpu, stat_timed_steps;
+  double exchange_cpu;    // CPU seconds in this step's exchanges
 
   void allocate();
   void load_model(const std::string &path);
@@ -93,6 +94,8 @@ class PairSo3krates : public Pair {
 
   // halo exchange of the state (forward) and of its gradient (reverse)
   void grow_buffer();
+  void timed_forward(int width);
+  void timed_reverse(int width);
   void halo_forward(const torch::Tensor &x, const torch::Tensor &ev, torch::Tensor &x_all, torch::Tensor &ev_all);
   void halo_reverse(const torch::Tensor &gx_all, const torch::Tensor &gev_all, torch::Tensor &gx,
                     torch::Tensor &gev);
