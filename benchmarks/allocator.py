@@ -29,7 +29,7 @@ def worker(n: int, preset_name: str, dtype: str, repeat: int) -> dict:
     from so3krates.model.potential import Potential
     from so3krates.structures import water_box
     torch.set_num_threads(1)
-    tune_glibc_malloc()   # as loading an exported model does; SO3KRATES_MALLOC_TUNING=0 turns it off
+    tune_glibc_malloc()   # as loading an exported model does with SO3KRATES_MALLOC_TUNING=1
     module = torch.jit.script(Potential(So3krates(preset(preset_name, elements=[1, 8], dtype=dtype))))
     atoms = water_box(max(n // 3, 1))
     args = (torch.tensor(atoms.positions), torch.tensor(atoms.numbers), torch.tensor(atoms.cell.array),
@@ -62,7 +62,7 @@ def main() -> int:
         return 0
     from so3krates.allocator import OPT_OUT, TUNING_OPT_OUT, tcmalloc_library, with_tcmalloc
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", OPT_OUT, TUNING_OPT_OUT)}
-    envs = {"glibc": {**base, OPT_OUT: "0", TUNING_OPT_OUT: "0"}, "glibc-tuned": {**base, OPT_OUT: "0"}}
+    envs = {"glibc": {**base, OPT_OUT: "0"}, "glibc-tuned": {**base, OPT_OUT: "0", TUNING_OPT_OUT: "1"}}
     if tcmalloc_library() is not None:
         envs["tcmalloc"] = with_tcmalloc(base)
     else:

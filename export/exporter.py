@@ -155,6 +155,6 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
 def load_exported(path: str | os.PathLike, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
     from so3krates.allocator import tune_glibc_malloc
     metadata = read_metadata(path)
-    tune_glibc_malloc()   # every evaluation reuses its per-edge buffers (so3krates/allocator.py)
+    tune_glibc_malloc()   # with SO3KRATES_MALLOC_TUNING=1 (so3krates/allocator.py)
     module = torch.jit.load(str(path), map_location=device)
     return module.eval(), metadata
