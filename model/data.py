@@ -2,6 +2,11 @@
 
 Every reader converts units once, here, to eV and Angstrom. A bad file fails with the file name,
 the frame index and what is missing.
+
+Stress labels (periodic frames only) are kept as ASE's stress: the 3x3 tensor sigma = (1/V) dE/d(strain)
+in eV/A^3 (ASE's sign: positive is tensile, sigma = -pressure tensor). A virial W (eV; extended XYZ
+`virial`, DeePMD `virial.npy`) is W = -V sigma, the convention of DeePMD, MACE and the model's own
+virial (W = V x pressure tensor, as LAMMPS).
 """
 from __future__ import annotations
 
@@ -17,6 +22,8 @@ from .units import energy_factor, length_factor
 
 DEFAULT_ENERGY_KEYS = ("energy", "REF_energy", "Energy", "total_energy", "dft_energy")
 DEFAULT_FORCES_KEYS = ("forces", "REF_forces", "force", "Forces", "dft_forces")
+STRESS_KEYS = ("stress", "REF_stress")      # eV/A^3 (energy unit / length unit^3), Voigt 6 or 3x3
+VIRIAL_KEYS = ("virial", "REF_virial")      # eV (energy unit), 3x3 or 9 numbers
 
 
 @dataclass
@@ -29,6 +36,16 @@ class Structure:
     energy: Optional[float]         # eV
     forces: Optional[np.ndarray]    # (N, 3) eV/A, or None for energy-only frames
     source: str = ""                # "file:frame" for error messages
+    stress: Optional[np.ndarray] = None   # (3, 3) eV/A^3, ASE sign (see the module docstring), periodic only
+
+    @property
+    def volume(self) -> float:
+        return float(abs(np.linalg.det(self.cell)))
+
+    @property
+    def virial(self) -> Optional[np.ndarray]:
+        """W = -V sigma (eV), or None without a stress label."""
+        return None if self.stress is None else -self.volume * self.stress
 
     def __len__(self) -> int:
         return len(self.numbers)
@@ -105,6 +122,35 @@ def _convert_and_check(s: Structure, e_factor: float, l_factor: float, require_e
     if s.pbc.any() and abs(np.linalg.det(s.cell)) < 1e-6:
         raise DataError(f"{s.source}: periodic (pbc={s.pbc.tolist()}) but the cell has zero volume; "
                         f"give a Lattice or set pbc=\"F F F\"")
+    if s.stress is not None:
+        s.stress = _stress_label(s, e_factor, l_factor)
+
+
+def _stress_label(s: Structure, e_factor: float, l_factor: float) -> np.ndarray:
+    """The reader's stress (an array, in the data's units) or virial (a ("virial", array) pair) as
+    ASE's stress tensor (3, 3) in eV/A^3; s.cell is already in A."""
+    kind, value = s.stress if isinstance(s.stress, tuple) else ("stress", s.stress)
+    try:
+        value = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise DataError(f"{s.source}: {kind} {value!r} is not numeric") from None
+    shapes = "3x3 or 9 numbers (eV)" if kind == "virial" else "Voigt xx yy zz yz xz xy, 3x3 or 9 numbers (eV/A^3)"
+    if value.size == 6 and kind == "stress":
+        xx, yy, zz, yz, xz, xy = value.ravel()
+        value = np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+    elif value.size == 9:
+        value = value.reshape(3, 3)
+    else:
+        raise DataError(f"{s.source}: {kind} has {value.size} numbers, expected {shapes}")
+    if not np.all(np.isfinite(value)):
+        raise DataError(f"{s.source}: {kind} contains NaN or infinite values")
+    if not s.pbc.all():
+        raise DataError(f"{s.source}: has a {kind} label but is not periodic in all directions (pbc="
+                        f"{s.pbc.tolist()}): a stress needs the cell volume; remove the {kind} or give the "
+                        f"frame its periodic cell")
+    if kind == "virial":
+        return -value * e_factor / s.volume
+    return value * (e_factor / l_factor ** 3)
 
 
 # --- extended XYZ and other ASE formats ------------------------------------------------------------
@@ -134,7 +180,8 @@ def _read_ase(path: Path, energy_key: Optional[str], forces_key: Optional[str]) 
         structures.append(Structure(
             positions=np.array(atoms.positions), numbers=np.array(atoms.numbers, dtype=np.int64),
             cell=np.array(atoms.cell.array), pbc=np.array(atoms.pbc, dtype=bool), energy=energy,
-            forces=None if forces is None else np.array(forces, dtype=np.float64), source=where))
+            forces=None if forces is None else np.array(forces, dtype=np.float64), source=where,
+            stress=_find_stress(atoms)))
     if forces_key and not any_forces:
         arrays = sorted(k for k in frames[0].arrays if k not in ("numbers", "positions"))
         raise DataError(f"{path}: no frame has forces under key {forces_key!r}; per-atom arrays found: {arrays}")
@@ -151,6 +198,15 @@ def _ase_force_keys(path: Path, forces_key: Optional[str]) -> str:
         arrays = []
     keys = forces_key or " / ".join(DEFAULT_FORCES_KEYS)
     return f"looked for per-atom arrays {keys}; the first frame has {arrays or 'none'}"
+
+
+def _find_stress(atoms):
+    """The frame's stress (ASE's calculator results or the header) or ("virial", W) from the header."""
+    stress = _find(atoms, STRESS_KEYS, "energy")
+    if stress is not None:
+        return stress
+    virial = _find(atoms, VIRIAL_KEYS, "energy")
+    return None if virial is None else ("virial", virial)
 
 
 def _npz_keys(path: Path) -> List[str]:
@@ -263,7 +319,8 @@ def _read_deepmd(path: Path) -> List[Structure]:
             except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
                 raise DataError(f"{f}: cannot be read as a numpy .npy file ({exc.__class__.__name__}: {exc})") from None
             meaning = {"coord": f"x y z of the {n} atoms of type.raw", "force": f"fx fy fz of the {n} atoms of "
-                       f"type.raw", "energy": "one energy", "box": "the 3x3 cell"}[name]
+                       f"type.raw", "energy": "one energy", "box": "the 3x3 cell",
+                       "virial": "the 3x3 virial (eV)"}[name]
             if a.ndim == 0 or (a.size and ((a.ndim == 1 and width != 1) or a[0].size != width)):
                 raise DataError(f"{f}: array {name} has shape {a.shape}, expected (frames, {width}): one row per "
                                 f"frame with {meaning}")
@@ -274,14 +331,16 @@ def _read_deepmd(path: Path) -> List[Structure]:
         energy = load("energy", 1, True)
         force = load("force", 3 * n, False)
         box = load("box", 9, periodic)
-        for name, a in (("energy", energy), ("force", force), ("box", box)):
+        virial = load("virial", 9, False)   # DeePMD's virial: eV, W = -V sigma
+        for name, a in (("energy", energy), ("force", force), ("box", box), ("virial", virial)):
             if a is not None and len(a) != len(coord):
                 raise DataError(f"{s}: {name}.npy has {len(a)} frames, coord.npy has {len(coord)}")
         for k in range(len(coord)):
             structures.append(Structure(
                 positions=coord[k].reshape(n, 3), numbers=numbers, cell=box[k].reshape(3, 3) if box is not None
                 else np.zeros((3, 3)), pbc=np.full(3, box is not None), energy=energy[k, 0],
-                forces=None if force is None else force[k].reshape(n, 3), source=f"{path}: frame {frame}"))
+                forces=None if force is None else force[k].reshape(n, 3), source=f"{path}: frame {frame}",
+                stress=None if virial is None else ("virial", virial[k])))
             frame += 1
     return structures
 
@@ -294,6 +353,8 @@ def to_atoms(s: Structure):
     results = {"energy": s.energy} if s.energy is not None else {}
     if s.forces is not None:
         results["forces"] = s.forces
+    if s.stress is not None:
+        results["stress"] = s.stress
     atoms.calc = SinglePointCalculator(atoms, **results)
     return atoms
 
@@ -310,6 +371,7 @@ class Graph:
     shifts: "torch.Tensor"      # (E, 3) Cartesian
     energy: float
     forces: Optional["torch.Tensor"]
+    virial: Optional["torch.Tensor"] = None   # (3, 3) eV: W = -V sigma of the stress label
 
 
 def neighbor_pairs(s: Structure, cutoff: float):
@@ -344,7 +406,8 @@ def make_graphs(structures: Sequence[Structure], elements: Sequence[int], cutoff
             positions=torch.tensor(s.positions, dtype=dtype), species=torch.from_numpy(species),
             idx_i=torch.from_numpy(i), idx_j=torch.from_numpy(j), shifts=torch.tensor(shifts, dtype=dtype),
             energy=float(s.energy) if s.energy is not None else float("nan"),
-            forces=None if s.forces is None else torch.tensor(s.forces, dtype=dtype)))
+            forces=None if s.forces is None else torch.tensor(s.forces, dtype=dtype),
+            virial=None if s.stress is None else torch.tensor(s.virial, dtype=torch.float64)))
     return graphs
 
 
@@ -366,4 +429,7 @@ def collate(graphs: Sequence[Graph]) -> dict:
         "energy": torch.tensor([g.energy for g in graphs], dtype=torch.float64),
         "forces": torch.cat(forces),
         "force_mask": torch.cat([torch.full((n,), g.forces is not None) for g, n in zip(graphs, sizes)]),
+        "virial": torch.stack([g.virial if g.virial is not None else torch.zeros((3, 3), dtype=torch.float64)
+                               for g in graphs]),
+        "virial_mask": torch.tensor([g.virial is not None for g in graphs]),
     }

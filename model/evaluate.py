@@ -12,24 +12,50 @@ from .data import Graph, Structure, collate, make_graphs, read_dataset
 
 
 def predict_graphs(module, graphs: Sequence[Graph], batch_size: int = 32) -> Dict[str, List[np.ndarray]]:
-    """Energies (eV, one per graph) and forces (eV/A, one (N, 3) array per graph) from a Potential or
-    an exported ScriptModule, in batches through evaluate_edges."""
+    """Energies (eV, one per graph), forces (eV/A, one (N, 3) array per graph) and, for graphs with a
+    stress label, the virial W (eV, (3, 3); None for the others) from a Potential or an exported
+    ScriptModule, in batches through evaluate_edges."""
     energies: List[float] = []
     forces: List[np.ndarray] = []
+    virials: List[Optional[np.ndarray]] = []
     for start in range(0, len(graphs), batch_size):
         chunk = graphs[start:start + batch_size]
         b = collate(chunk)
+        with_virial = bool(b["virial_mask"].any())
         out = module.evaluate_edges(b["positions"], b["species"], b["idx_i"], b["idx_j"], b["shifts"], b["batch"],
-                                    b["num_graphs"], -1, True, False, False)
+                                    b["num_graphs"], -1, True, with_virial, False)
         energies.extend(out["energy"].detach().double().tolist())
         f = out["forces"].detach().double().numpy()
         sizes = np.cumsum([len(g.species) for g in chunk])[:-1]
         forces.extend(np.split(f, sizes))
-    return {"energy": np.asarray(energies), "forces": forces}
+        w = out["virial"].detach().double().numpy() if with_virial else None
+        virials.extend(w[k] if g.virial is not None else None for k, g in enumerate(chunk))
+    return {"energy": np.asarray(energies), "forces": forces, "virial": virials}
 
 
-def error_metrics(structures: Sequence[Structure], energies: np.ndarray, forces: Sequence[np.ndarray]) -> Dict:
-    """MAE/RMSE of energies (meV, meV/atom) and force components (meV/A) against the reference labels."""
+def stress_errors(structures: Sequence[Structure], virials: Sequence[Optional[np.ndarray]]) -> Dict:
+    """Stress errors over the structures with a stress label (model stress = -W / V, ASE's sign): all 9
+    components, in eV/A^3 and GPa; the pressure -tr(sigma)/3 in GPa; the virial per atom in meV/atom (the
+    training loss's term)."""
+    from ase.units import GPa
+    labelled = [(s, w) for s, w in zip(structures, virials) if s.stress is not None and w is not None]
+    if not labelled:
+        return {"stress_mae_eV_per_A3": None, "stress_rmse_eV_per_A3": None, "stress_mae_GPa": None,
+                "stress_rmse_GPa": None, "pressure_mae_GPa": None, "virial_rmse_meV_per_atom": None,
+                "n_structures_with_stress": 0}
+    ds = np.array([-w / s.volume - s.stress for s, w in labelled])
+    dw = np.array([1000.0 * (w - s.virial) / len(s) for s, w in labelled])
+    dp = -np.trace(ds, axis1=1, axis2=2) / 3.0
+    mae, rmse = float(np.mean(np.abs(ds))), float(np.sqrt(np.mean(ds ** 2)))
+    return {"stress_mae_eV_per_A3": mae, "stress_rmse_eV_per_A3": rmse, "stress_mae_GPa": mae / GPa,
+            "stress_rmse_GPa": rmse / GPa, "pressure_mae_GPa": float(np.mean(np.abs(dp))) / GPa,
+            "virial_rmse_meV_per_atom": float(np.sqrt(np.mean(dw ** 2))), "n_structures_with_stress": len(labelled)}
+
+
+def error_metrics(structures: Sequence[Structure], energies: np.ndarray, forces: Sequence[np.ndarray],
+                  virials: Optional[Sequence[Optional[np.ndarray]]] = None) -> Dict:
+    """MAE/RMSE of energies (meV, meV/atom), force components (meV/A) and, given the model's virials,
+    stresses (`stress_errors`) against the reference labels."""
     n_atoms = np.array([len(s) for s in structures], dtype=float)
     de = (np.asarray(energies) - np.array([s.energy for s in structures])) * 1000.0
     df = [1000.0 * (f - s.forces).ravel() for s, f in zip(structures, forces) if s.forces is not None]
@@ -45,6 +71,7 @@ def error_metrics(structures: Sequence[Structure], energies: np.ndarray, forces:
         "forces_mae_meV_per_A": float(np.mean(np.abs(df))) if has_f else None,
         "forces_rmse_meV_per_A": float(np.sqrt(np.mean(df ** 2))) if has_f else None,
         "n_structures_with_forces": sum(s.forces is not None for s in structures),
+        **stress_errors(structures, virials if virials is not None else [None] * len(structures)),
     }
 
 
@@ -64,7 +91,7 @@ def evaluate(model, data, batch_size: int = 32, json_path: Optional[str | os.Pat
     dtype = next((w.dtype for n, w in module.named_parameters() if n.endswith("embedding.weight")), torch.float64)
     graphs = make_graphs(structures, list(module.elements), float(module.cutoff), dtype)
     predicted = predict_graphs(module, graphs, batch_size)
-    metrics = error_metrics(structures, predicted["energy"], predicted["forces"])
+    metrics = error_metrics(structures, predicted["energy"], predicted["forces"], predicted["virial"])
     if json_path:
         from .checkpoint import atomic_write
         atomic_write(json_path, lambda tmp: open(tmp, "w").write(json.dumps(metrics, indent=1) + "\n"))

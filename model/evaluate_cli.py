@@ -4,7 +4,7 @@ from __future__ import annotations
 
 def register(subparsers) -> None:
     from .train_cli import add_reader_flags
-    p = subparsers.add_parser("evaluate", help="energy/force errors of a checkpoint or exported model on data")
+    p = subparsers.add_parser("evaluate", help="energy/force/stress errors of a checkpoint or exported model on data")
     p.add_argument("model", help="checkpoint (best.ckpt) or exported model file")
     p.add_argument("data", help="labelled data: extended XYZ, sGDML npz or DeePMD folder")
     add_reader_flags(p)
@@ -24,4 +24,8 @@ def main(args) -> int:
     if m["forces_mae_meV_per_A"] is not None:
         print(f"forces MAE {m['forces_mae_meV_per_A']:.2f} meV/A, RMSE {m['forces_rmse_meV_per_A']:.2f} meV/A "
               f"({m['n_structures_with_forces']} structures with forces)")
+    if m["n_structures_with_stress"]:
+        print(f"stress MAE {m['stress_mae_eV_per_A3']:.5f} eV/A^3 ({m['stress_mae_GPa']:.4f} GPa), RMSE "
+              f"{m['stress_rmse_eV_per_A3']:.5f} eV/A^3 ({m['stress_rmse_GPa']:.4f} GPa), pressure MAE "
+              f"{m['pressure_mae_GPa']:.4f} GPa ({m['n_structures_with_stress']} structures with stress)")
     return 0

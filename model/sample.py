@@ -59,7 +59,8 @@ def level_of_theory(method: str) -> str:
 
 def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True,
            on_frame: Optional[Callable[[Atoms], None]] = None) -> List[Atoms]:
-    """Langevin MD; every `stride` steps a copy of the atoms with the energy (eV) and forces (eV/A)
+    """Langevin MD; every `stride` steps a copy of the atoms with the energy (eV), forces (eV/A) and, for
+    a periodic cell, stress (eV/A^3, ASE's sign and Voigt order; tblite's analytic strain derivative)
     of that configuration, and its step, time and the level of theory in atoms.info. Each frame
     goes to on_frame(frame) as soon as it is labelled."""
     from ase.calculators.singlepoint import SinglePointCalculator
@@ -90,8 +91,10 @@ def sample(atoms: Atoms, settings: SampleSettings, progress: bool = True,
                 dyn.run(settings.stride)
                 step += settings.stride
             frame = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
-            frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(),
-                                               forces=atoms.get_forces(apply_constraint=False))
+            labels = {"energy": atoms.get_potential_energy(), "forces": atoms.get_forces(apply_constraint=False)}
+            if atoms.pbc.all():   # computed with the forces in the same tblite call
+                labels["stress"] = atoms.get_stress(apply_constraint=False)
+            frame.calc = SinglePointCalculator(frame, **labels)
             frame.info.update(level_of_theory=theory, temperature_K=settings.temperature, step=step,
                               time_fs=step * settings.timestep_fs, seed=settings.seed)
             frames.append(frame)

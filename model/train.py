@@ -50,6 +50,7 @@ class TrainOptions:
     optimizer: str = "amsgrad"           # amsgrad | adam
     energy_weight: float = 1.0           # on the squared energy error per atom (eV/atom)^2
     forces_weight: float = 100.0         # on the squared force component error (eV/A)^2
+    stress_weight: float = 1.0           # on the squared virial component error per atom (eV/atom)^2
     warmup_steps: int = 200
     plateau_patience: int = 10           # epochs without improvement before the lr is reduced
     plateau_factor: float = 0.5
@@ -85,6 +86,9 @@ class TrainOptions:
             raise ValueError(f"--threads must be >= 1, got {self.threads}")
         if not (math.isfinite(self.lr) and math.isfinite(self.energy_weight) and math.isfinite(self.forces_weight)):
             raise ValueError("--lr, --energy-weight and --forces-weight must be finite numbers")
+        if not (math.isfinite(self.stress_weight) and self.stress_weight >= 0):
+            raise ValueError(f"--stress-weight must be a finite number >= 0 (0: stresses not trained), got "
+                             f"{self.stress_weight:g}")
         if not 0.0 < self.valid_fraction < 1.0 and not self.valid:
             raise ValueError(f"--valid-fraction must lie between 0 and 1, got {self.valid_fraction}")
         if self.batch_size < 1 or self.lr <= 0:
@@ -152,22 +156,66 @@ def loss_terms(out: Dict[str, torch.Tensor], batch: Dict[str, Any], options: Tra
     else:
         f_mse = torch.zeros((), dtype=out["forces"].dtype)
     loss = options.energy_weight * e_mse + options.forces_weight * f_mse.to(e_mse.dtype)
+    if "virial" in out and trains_stress(options, batch):
+        loss = loss + options.stress_weight * virial_mse(out["virial"], batch)
     return loss, e_mse.detach(), f_mse.detach(), int(mask.sum()) * 3
 
 
-def energy_shifts(structures: Sequence[Structure], elements: List[int], isolated: Optional[List[Structure]]):
-    """Per-element energies mu_Z: isolated-atom energies when given, else least squares E ~ sum_Z n_Z mu_Z."""
+def virial_mse(virial: torch.Tensor, batch: Dict[str, Any]) -> torch.Tensor:
+    """Squared virial component error per atom, (eV/atom)^2, over the structures with a stress label:
+    W = -V sigma, so this is the stress error times the volume per atom, intensive like the energy term."""
+    mask = batch["virial_mask"]
+    dw = (virial.to(torch.float64)[mask] - batch["virial"][mask]) / batch["num_atoms"][mask].view(-1, 1, 1)
+    return (dw ** 2).mean()
+
+
+def trains_stress(options: TrainOptions, batch: Dict[str, Any]) -> bool:
+    return options.stress_weight > 0 and bool(batch["virial_mask"].any())
+
+
+def energy_shifts(structures: Sequence[Structure], elements: List[int], isolated: Optional[List[Structure]],
+                  report=print):
+    """Per-element energies mu_Z: isolated-atom energies when given, else least squares E ~ sum_Z n_Z mu_Z.
+
+    When the compositions do not determine every mu_Z (one molecule, a water box: all frames have
+    the same element ratios), only the combinations the data sees are fitted; the rest is fixed by a
+    regularised fit (the smallest deviation from one common energy per atom, the data's mean), and
+    `report` says so and how to get meaningful per-atom energies (--isolated-atoms)."""
+    counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], dtype=float)
+    rank = np.linalg.matrix_rank(counts) if len(structures) else 0
+    undetermined = rank < len(elements)
     if isolated is not None:
         by_z = {int(s.numbers[0]): s.energy for s in isolated if len(s) == 1}
         missing = [z for z in elements if z not in by_z]
         if missing:
             raise ValueError(f"the isolated-atom file has no single-atom frame for atomic number(s) {missing}")
+        if undetermined:
+            report(f"note: the training compositions determine only {rank} of {len(elements)} per-element "
+                   f"energies; the shifts are the isolated-atom energies (--isolated-atoms)")
         return np.array([by_z[z] for z in elements])
-    counts = np.array([[np.sum(s.numbers == z) for z in elements] for s in structures], dtype=float)
     energies = np.array([s.energy for s in structures])
-    # Minimum-norm solution: with one molecule the counts are collinear and only the sum is determined.
-    mu, *_ = np.linalg.lstsq(counts, energies, rcond=None)
+    # mu = m + delta with m the mean energy per atom and delta the minimum-norm least-squares fit of what
+    # m leaves: where the data determines mu this is plain least squares; where it does not (the null
+    # space of the counts), delta = 0 there, i.e. every element keeps the common energy per atom m,
+    # instead of the minimum-norm mu proportional to the counts (mu_H = 2 mu_O for water).
+    mean = energies.sum() / counts.sum()
+    delta, *_ = np.linalg.lstsq(counts, energies - mean * counts.sum(1), rcond=None)
+    mu = mean + delta
+    if undetermined:
+        symbols = _formulas(structures)
+        report(f"warning: the training compositions ({symbols}) determine only {rank} of {len(elements)} "
+               f"per-element energies: used a regularised fit (each element's shift as close as the data allows "
+               f"to the mean energy per atom, {mean:.4f} eV): total energies are right, per-atom energies are "
+               f"not meaningful; give --isolated-atoms FILE (single-atom energies, same method) to fix them")
     return mu
+
+
+def _formulas(structures: Sequence[Structure], most: int = 3) -> str:
+    from ase.formula import Formula
+    from ase.data import chemical_symbols
+    names = list(dict.fromkeys(Formula("".join(chemical_symbols[z] for z in s.numbers)).reduce()[0].format("hill")
+                               for s in structures))
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def force_rms(structures: Sequence[Structure]) -> float:
@@ -317,6 +365,11 @@ class Trainer:
             if without:
                 print(f"note: {without} of {len(structures)} frames of {options.train} have no forces; they "
                       f"train the energy only", flush=True)
+        stressed = sum(s.stress is not None for s in structures)
+        if stressed:
+            print(f"note: {stressed} of {len(structures)} frames of {options.train} have stress labels: " +
+                  (f"trained with --stress-weight {options.stress_weight:g}" if options.stress_weight > 0 else
+                   "not trained (--stress-weight 0)"), flush=True)
         if options.valid:
             self.train_set, self.valid_set = structures, read(options.valid, options)
         else:
@@ -416,8 +469,8 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         out = self.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"], batch["idx_j"],
-                                            batch["shifts"], batch["batch"], batch["num_graphs"], -1, True, False,
-                                            True)
+                                            batch["shifts"], batch["batch"], batch["num_graphs"], -1, True,
+                                            trains_stress(o, batch), True)
         loss, e_mse, f_mse, _ = loss_terms(out, batch, o)
         if not torch.isfinite(loss):
             raise RuntimeError(f"the training loss became {float(loss)} at step {self.schedule.steps}; "
@@ -441,10 +494,12 @@ class Trainer:
 
     def validate(self) -> Dict[str, float]:
         predicted = predict_graphs(self.ema, self.valid_graphs, batch_size=64)
-        m = error_metrics(self.valid_set, predicted["energy"], predicted["forces"])
+        m = error_metrics(self.valid_set, predicted["energy"], predicted["forces"], predicted["virial"])
         e_mse = (m["energy_rmse_meV_per_atom"] / 1000.0) ** 2
         f_mse = ((m["forces_rmse_meV_per_A"] or 0.0) / 1000.0) ** 2
-        m["loss"] = self.options.energy_weight * e_mse + self.options.forces_weight * f_mse
+        w_mse = ((m.get("virial_rmse_meV_per_atom") or 0.0) / 1000.0) ** 2
+        m["loss"] = self.options.energy_weight * e_mse + self.options.forces_weight * f_mse + \
+            self.options.stress_weight * w_mse
         return m
 
     def _time_left(self) -> bool:
@@ -508,6 +563,8 @@ class Trainer:
             "valid_forces_mae_meV_per_A": metrics["forces_mae_meV_per_A"] or float("nan"),
             "train_structures_per_s": s["structures"] / max(s["seconds"], 1e-9),
         }
+        if metrics.get("stress_rmse_GPa") is not None:
+            row["valid_stress_rmse_GPa"] = metrics["stress_rmse_GPa"]
         self.history.append(row)
         self.epoch += 1
         self.batch_in_epoch = 0

@@ -8,7 +8,7 @@ from typing import Any, Dict
 # Flags whose value (when given) overrides the config file's `training:` section.
 TRAINING_FLAGS = ("valid", "valid_fraction", "preset", "max_time", "epochs", "seed", "energy_key", "forces_key",
                   "energy_unit", "length_unit", "batch_size", "lr", "optimizer", "energy_weight", "forces_weight",
-                  "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads")
+                  "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads", "stress_weight")
 # The type of each value a config file's `training:` section may set (None: may also be null).
 TRAINING_TYPES: Dict[str, Any] = {
     "valid": (str, None), "valid_fraction": float, "preset": str, "max_time": ((int, float, str), None),
@@ -16,7 +16,7 @@ TRAINING_TYPES: Dict[str, Any] = {
     "length_unit": str, "batch_size": int, "lr": float, "optimizer": str, "energy_weight": float,
     "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
     "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
-    "threads": (int, None), "energy_only": bool,
+    "threads": (int, None), "energy_only": bool, "stress_weight": float,
 }
 # A run folder's config.yaml carries the run's own bookkeeping: not a recipe.
 BOOKKEEPING_KEYS = ("train", "out", "resume", "progress", "snapshot_times", "model", "given", "overwrite")
@@ -53,6 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", choices=["amsgrad", "adam"])
     p.add_argument("--energy-weight", type=float, help="weight of the (eV/atom)^2 energy error (default 1)")
     p.add_argument("--forces-weight", type=float, help="weight of the (eV/A)^2 force error (default 100)")
+    p.add_argument("--stress-weight", type=float, help="weight of the (eV/atom)^2 virial error, i.e. the stress "
+                   "error times the volume per atom, on frames with stress/virial labels (default 1; 0: off)")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--grad-clip", type=float)

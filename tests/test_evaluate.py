@@ -1,10 +1,12 @@
-"""evaluate: the MAE/RMSE reproduce a hand computation with the ASE calculator, for a checkpoint and an export."""
+"""evaluate: the MAE/RMSE (energy, forces, stress) reproduce a hand computation with the ASE calculator, for a
+checkpoint and an export."""
 import json
 
 import numpy as np
 import pytest
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import write
+from ase.units import GPa
 
 from so3krates.ase import So3kratesCalculator
 from so3krates.cli import main as cli
@@ -30,7 +32,8 @@ def model_and_data(tmp_path_factory):
                                read_structure("ethanol"), water_box(3, seed=3)]):
         atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
         forces = rng.normal(size=(len(atoms), 3))
-        atoms.calc = SinglePointCalculator(atoms, energy=-100.0 * len(atoms) + k, forces=forces)
+        labels = {"stress": rng.normal(scale=0.01, size=6)} if atoms.pbc.all() else {}   # eV/A^3, Voigt
+        atoms.calc = SinglePointCalculator(atoms, energy=-100.0 * len(atoms) + k, forces=forces, **labels)
         frames.append(atoms)
     data = tmp / "data.xyz"
     write(data, frames, format="extxyz")
@@ -39,17 +42,21 @@ def model_and_data(tmp_path_factory):
 
 def hand_errors(model, frames):
     calc = So3kratesCalculator(model)
-    de, dfs, per_atom = [], [], []
+    de, dfs, per_atom, ds = [], [], [], []
     for atoms in frames:
         a = atoms.copy()
         a.calc = calc
         de.append(1000 * (a.get_potential_energy() - atoms.get_potential_energy()))
         per_atom.append(abs(de[-1]) / len(atoms))
         dfs.append(1000 * (a.get_forces() - atoms.get_forces()).ravel())
-    de, df = np.array(de), np.concatenate(dfs)
+        if atoms.pbc.all():
+            ds.append((a.get_stress(voigt=False) - atoms.get_stress(voigt=False)).ravel())
+    de, df, ds = np.array(de), np.concatenate(dfs), np.concatenate(ds)
     return {"energy_mae_meV": np.mean(np.abs(de)), "energy_rmse_meV": np.sqrt(np.mean(de ** 2)),
             "energy_mae_meV_per_atom": np.mean(per_atom), "forces_mae_meV_per_A": np.mean(np.abs(df)),
-            "forces_rmse_meV_per_A": np.sqrt(np.mean(df ** 2)), "n_structures": len(frames)}
+            "forces_rmse_meV_per_A": np.sqrt(np.mean(df ** 2)), "n_structures": len(frames),
+            "stress_mae_eV_per_A3": np.mean(np.abs(ds)), "stress_rmse_GPa": np.sqrt(np.mean(ds ** 2)) / GPa,
+            "n_structures_with_stress": 2}
 
 
 def test_evaluate_reproduces_hand_computed_errors(model_and_data):
