@@ -3,7 +3,8 @@ from __future__ import annotations
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("sample", help="make reference data: GFN2-xTB Langevin MD, labelled extended XYZ")
+    p = subparsers.add_parser("sample", help="make reference data: GFN2-xTB Langevin MD, labelled extended XYZ "
+                                         "(energy, forces; stress for periodic cells)")
     p.add_argument("structure", help="structure file, ASE molecule name (ethanol), alanine-dipeptide, "
                                      "or water-box[:N] (periodic, N molecules, default 8)")
     p.add_argument("-o", "--output", required=True, help="extended XYZ to write")

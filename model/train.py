@@ -330,6 +330,7 @@ class Trainer:
                 raise FileNotFoundError(f"nothing to resume: {last} does not exist; run without --resume")
             resume = load_checkpoint(last)
             stored = dict(resume["training"]["options"])
+            stored.setdefault("stress_weight", 0.0)   # a run from before stress training trained none
             conflicts = resume_conflicts(options, stored)
             if conflicts:
                 raise ValueError(f"--resume continues the run in {self.out} with its own settings, but "
