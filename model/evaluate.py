@@ -104,7 +104,9 @@ def parity_plot(path, structures, predicted, metrics) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    stressed = [(s.stress.ravel(), -w.ravel() / s.volume) for s, w in zip(structures, predicted["virial"])
+                if s.stress is not None and w is not None]
+    fig, axes = plt.subplots(1, 3 if stressed else 2, figsize=(15 if stressed else 10, 4.5))
     n = np.array([len(s) for s in structures], dtype=float)
     ref_e = np.array([s.energy for s in structures]) / n
     pred_e = predicted["energy"] / n
@@ -119,6 +121,13 @@ def parity_plot(path, structures, predicted, metrics) -> None:
         axes[1].set_title(f"force MAE {metrics['forces_mae_meV_per_A']:.1f} meV/A")
     axes[1].set_xlabel("reference force component (eV/A)")
     axes[1].set_ylabel("model force component (eV/A)")
+    if stressed:
+        from ase.units import GPa
+        axes[2].scatter(np.concatenate([p[0] for p in stressed]) / GPa, np.concatenate([p[1] for p in stressed]) / GPa,
+                        s=6)
+        axes[2].set_title(f"stress MAE {metrics['stress_mae_GPa']:.3f} GPa")
+        axes[2].set_xlabel("reference stress component (GPa)")
+        axes[2].set_ylabel("model stress component (GPa)")
     for ax in axes:
         lo, hi = ax.get_xlim()
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
