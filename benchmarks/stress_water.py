@@ -91,7 +91,7 @@ def npt_density(model: Path, atoms, args, workdir: Path):
     write_data(str(workdir / "data.lmp"), system)
     steps = int(round(args.npt_ps * 1000 / args.timestep))
     script = setup_commands(system, str(model), "data.lmp") + "\n".join([   # masses: in the data file
-        f"velocity all create {args.temperature} {args.seed} mom yes rot yes dist gaussian",
+        f"velocity all create {args.temperature} {args.seed + 12345} mom yes rot yes dist gaussian",
         f"timestep {args.timestep / 1000}",
         f"fix baro all npt temp {args.temperature} {args.temperature} 0.1 iso 1.0 1.0 1.0",
         "thermo_style custom step temp press density vol pe",
@@ -118,7 +118,7 @@ def main() -> int:
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--minutes", type=float, default=2.0, help="training budget per model")
-    p.add_argument("--stress-weight", type=float, default=1.0)
+    p.add_argument("--stress-weight", type=float, default=1000.0, help="the run with stresses (the other has 0)")
     p.add_argument("--npt-ps", type=float, default=2.0)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--seed", type=int, default=0)

@@ -50,7 +50,9 @@ class TrainOptions:
     optimizer: str = "amsgrad"           # amsgrad | adam
     energy_weight: float = 1.0           # on the squared energy error per atom (eV/atom)^2
     forces_weight: float = 100.0         # on the squared force component error (eV/A)^2
-    stress_weight: float = 1.0           # on the squared virial component error per atom (eV/atom)^2
+    # On the squared virial component error per atom (eV/atom)^2. 1000: a 0.1 GPa stress error in liquid water
+    # (~10 A^3 per atom: 6e-3 eV/atom of virial) weighs as much as a 20 meV/A force error at forces_weight 100.
+    stress_weight: float = 1000.0
     warmup_steps: int = 200
     plateau_patience: int = 10           # epochs without improvement before the lr is reduced
     plateau_factor: float = 0.5
