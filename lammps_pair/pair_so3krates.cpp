@@ -450,8 +450,8 @@ void PairSo3krates::check_mass(int type)
   if (std::fabs(mass - expected) <= MASS_MISMATCH_AMU || mass_warned.count(type)) return;
   mass_warned.insert(type);
   error->warning(FLERR,
-                 "pair_style so3krates: atom type {} has mass {:.4g} but pair_coeff maps it to {} (standard mass "
-                 "{:.4g}); check the element order in pair_coeff (one per type, in type order) unless the mass "
+                 "pair_style so3krates: atom type {} has mass {:.6g} but pair_coeff maps it to {} (standard mass "
+                 "{:.6g}); check the element order in pair_coeff (one per type, in type order) unless the mass "
                  "is meant (an isotope)",
                  type, mass, so3krates::element_symbol(z), expected);
 }
