@@ -1,6 +1,7 @@
 """`so3krates md --engine lammps [--ranks N]`: the same MD as the other engines, run by LAMMPS.
 
-NVE: fix nve (velocity Verlet). NVT: fix langevin + fix nve. Units metal; positions and
+NVE: fix nve (velocity Verlet). NVT: fix langevin + fix nve. NPT: fix npt (Nose-Hoover
+thermostat and isotropic barostat, damping 1/friction and the barostat period). Units metal; positions and
 velocities start from `atoms` exactly (velocities converted to A/ps), energies come from the
 thermo log (pe, ke in eV) and frames from a dump (unwrapped positions, velocities, sorted by id),
 converted back to the ASE frame and units.
@@ -24,14 +25,19 @@ PROGRESS_CHUNKS = 50   # in-process runs are split into this many `run` commands
 
 
 def md_script(system, model_path: str, settings: MDSettings) -> str:
-    lines = [setup_commands(system, model_path, "data.lmp"),
+    lines = [setup_commands(system, model_path, "data.lmp", device=settings.device),
              f"timestep {settings.timestep_fs * PS_PER_FS:.17g}"]
+    damp_ps = 1.0 / settings.friction_per_ps
     if settings.ensemble == "nvt":
-        damp_ps = 1.0 / settings.friction_per_ps
         seed = settings.seed + 1  # LAMMPS seeds must be positive
         lines.append(f"fix thermostat all langevin {settings.temperature} {settings.temperature} {damp_ps} {seed}")
-    lines += ["fix integrate all nve",
-              "thermo_style custom step pe ke etotal",
+    if settings.ensemble == "npt":   # units metal: pressure in bar, times in ps
+        t, p = settings.temperature, settings.pressure_bar
+        lines.append(f"fix integrate all npt temp {t} {t} {damp_ps} iso {p} {p} "
+                     f"{settings.barostat_period_fs * PS_PER_FS:.17g}")
+    else:
+        lines.append("fix integrate all nve")
+    lines += ["thermo_style custom step pe ke etotal" + (" vol" if settings.ensemble == "npt" else ""),
               THERMO_PRECISION,
               "thermo_modify flush yes",   # the log is read while LAMMPS runs
               f"thermo {settings.log_every}"]
@@ -81,12 +87,15 @@ def _run_and_collect(tmp: Path, system, atoms: Atoms, model_path: str, settings:
     chunk_steps = [int(r.split()[1]) for r in runs]
     thermo, dump = ThermoTail(tmp / "log.lammps"), DumpTail(tmp / "traj.dump")
     velocity_unit = ase_time_per_lammps_time("metal")
+    volumes = {}   # npt: step -> volume (A^3) from the thermo rows
 
     def collect() -> None:
         for row in thermo.feed():
             step = int(row["Step"])
+            if "Volume" in row:
+                volumes[step] = row["Volume"]
             if step % settings.log_every == 0 and (not result.step or step > result.step[-1]):
-                result.add(step, row["PotEng"], row["KinEng"])
+                result.add(step, row["PotEng"], row["KinEng"], row.get("Volume"))
         if not settings.traj_every:
             return
         for step, columns, values in dump.feed():
@@ -96,6 +105,9 @@ def _run_and_collect(tmp: Path, system, atoms: Atoms, model_path: str, settings:
             values = values[np.argsort(values[:, col["id"]])]
             frame = atoms.copy()
             frame.calc = None
+            if volumes:   # npt (isotropic): the cell scaled to the volume of the last thermo row so far
+                last = max((s for s in volumes if s <= step), default=min(volumes))
+                frame.set_cell(atoms.cell.array * (volumes[last] / atoms.get_volume()) ** (1.0 / 3.0))
             frame.positions = system.to_ase(values[:, [col["xu"], col["yu"], col["zu"]]])
             frame.set_velocities(system.to_ase(values[:, [col["vx"], col["vy"], col["vz"]]]) / velocity_unit)
             result.add_frame(step, frame)

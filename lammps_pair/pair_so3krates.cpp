@@ -15,6 +15,7 @@
 #include "update.h"
 
 #include <ATen/Parallel.h>
+#include <torch/cuda.h>
 #include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/jit/runtime/graph_executor.h>
 #include <torch/version.h>
@@ -22,6 +23,7 @@
 #include <algorithm>
 #include <cmath>
 #include <ctime>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
 
@@ -36,6 +38,20 @@ constexpr int SUPPORTED_MODEL_FORMAT = 2;
 constexpr int FIRST_STAGED_FORMAT = 2;
 const char *const METADATA_FILE = "so3krates.json";
 const char *const EXPORT_HINT = "export a trained checkpoint with 'so3krates export CHECKPOINT -o model.pt'";
+// A type whose LAMMPS mass differs from its element's standard mass by more than this (amu) is
+// probably mapped to the wrong element in pair_coeff (e.g. 'O H' for types 1 = H, 2 = O).
+constexpr double MASS_MISMATCH_AMU = 0.5;
+
+// This rank's index among the ranks of its node, from the MPI launcher's environment (Open MPI,
+// MPICH/Hydra, Slurm); -1 when none is set.
+int node_local_rank()
+{
+  for (const char *name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "PMI_LOCAL_RANK", "SLURM_LOCALID"}) {
+    const char *value = std::getenv(name);
+    if (value && *value) return std::atoi(value);
+  }
+  return -1;
+}
 
 std::string describe(const std::exception &e)
 {
@@ -126,7 +142,7 @@ void PairSo3krates::allocate()
 }
 
 /* ----------------------------------------------------------------------
-   pair_style so3krates [threads N]
+   pair_style so3krates [threads N] [device cpu|cuda|cuda:N]
 ------------------------------------------------------------------------- */
 
 void PairSo3krates::settings(int narg, char **arg)
@@ -139,15 +155,59 @@ void PairSo3krates::settings(int narg, char **arg)
         error->all(FLERR, "pair_style so3krates threads {}: give a positive number of torch threads per rank",
                    arg[iarg + 1]);
       iarg += 2;
+    } else if (strcmp(arg[iarg], "device") == 0 && iarg + 1 < narg) {
+      select_device(arg[iarg + 1]);
+      iarg += 2;
     } else {
       error->all(FLERR,
                  "pair_style so3krates: unknown argument '{}'; write 'pair_style so3krates' "
-                 "(optionally 'pair_style so3krates threads N'); the model file and elements go into "
-                 "'pair_coeff * * model.pt C H O'",
+                 "(optionally 'threads N' and 'device cpu|cuda|cuda:N'); the model file and elements go "
+                 "into 'pair_coeff * * model.pt C H O'",
                  arg[iarg]);
     }
   }
   if (domain->box_exist) check_units();
+}
+
+/* ----------------------------------------------------------------------
+   device cpu | cuda (GPU = node-local rank % GPUs on the node) | cuda:N
+------------------------------------------------------------------------- */
+
+void PairSo3krates::select_device(const std::string &name)
+{
+  if (name == "cpu") {
+    device_name = "cpu";
+    return;
+  }
+  int index = -1;
+  if (name.rfind("cuda:", 0) == 0) {
+    const std::string digits = name.substr(5);
+    if (digits.empty() || digits.find_first_not_of("0123456789") != std::string::npos)
+      error->all(FLERR, "pair_style so3krates device {}: write 'device cpu', 'device cuda' (one GPU per rank) or "
+                 "'device cuda:N'", name);
+    index = std::stoi(digits);
+  } else if (name != "cuda") {
+    error->all(FLERR, "pair_style so3krates device {}: write 'device cpu', 'device cuda' (one GPU per rank) or "
+               "'device cuda:N'", name);
+  }
+  if (!torch::cuda::is_available())
+    error->all(FLERR, "pair_style so3krates device {}: CUDA is not available on this machine (libtorch {} finds "
+               "no CUDA GPU); write 'device cpu' or leave the keyword out", name, TORCH_VERSION);
+  const int gpus = static_cast<int>(torch::cuda::device_count());
+  if (index >= gpus)
+    error->one(FLERR, "pair_style so3krates device {}: this node has {} CUDA device(s), cuda:0..cuda:{}", name,
+               gpus, gpus - 1);
+  if (index < 0) {    // per-rank assignment: the ranks of a node share its GPUs round-robin
+    const int local = node_local_rank();
+    index = (local >= 0 ? local : comm->me) % gpus;
+  }
+  device_name = "cuda:" + std::to_string(index);
+  // The per-layer stages and the halo exchange (compute, call_model) build their tensors on the
+  // CPU in this version: running them on a GPU needs those tensors moved, so refuse rather than
+  // fall back to the CPU silently.
+  error->all(FLERR, "pair_style so3krates device {}: this rank would use {}, but this plugin version computes "
+             "on the CPU only; write 'device cpu' (or use the OpenMM or ASE engine with device 'cuda')", name,
+             device_name);
 }
 
 /* ----------------------------------------------------------------------
@@ -298,12 +358,12 @@ void PairSo3krates::log_model(const std::vector<std::string> &type_names)
                  "  model file         {}\n"
                  "  model              so3krates {}, format {}, elements{}\n"
                  "  cutoff             {} A, {} layer(s), interaction range {} A\n"
-                 "  dtype, device      {}, cpu\n"
+                 "  dtype, device      {}, {}\n"
                  "  radial filters     {}\n"
                  "  LAMMPS type -> element\n{}",
                  SO3KRATES_PLUGIN_VERSION, SO3KRATES_LAMMPS_VERSION, TORCH_VERSION, model_path, model_version,
-                 model_format, known, cutoff, num_layers, interaction_range, model_dtype_name, model_radial,
-                 table);
+                 model_format, known, cutoff, num_layers, interaction_range, model_dtype_name, device_name,
+                 model_radial, table);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -375,9 +435,25 @@ void PairSo3krates::log_setup()
   logged_setup = text;
 }
 
-double PairSo3krates::init_one(int, int)
+double PairSo3krates::init_one(int i, int j)
 {
+  if (i == j) check_mass(i);
   return cutoff;
+}
+
+// Masses are set after pair_coeff (read_data, `mass`), so they are checked here, once per type.
+void PairSo3krates::check_mass(int type)
+{
+  const int z = type_z[type];
+  if (z <= 0 || !atom->mass || !atom->mass_setflag || !atom->mass_setflag[type] || comm->me != 0) return;
+  const double mass = atom->mass[type], expected = so3krates::standard_mass(z);
+  if (std::fabs(mass - expected) <= MASS_MISMATCH_AMU || mass_warned.count(type)) return;
+  mass_warned.insert(type);
+  error->warning(FLERR,
+                 "pair_style so3krates: atom type {} has mass {:.6g} but pair_coeff maps it to {} (standard mass "
+                 "{:.6g}); check the element order in pair_coeff (one per type, in type order) unless the mass "
+                 "is meant (an isotope)",
+                 type, mass, so3krates::element_symbol(z), expected);
 }
 
 /* ----------------------------------------------------------------------

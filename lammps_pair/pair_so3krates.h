@@ -16,6 +16,7 @@
 
 #include "pair.h"
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -55,6 +56,8 @@ class PairSo3krates : public Pair {
   std::vector<int> type_species;    // model element index per LAMMPS type; -1 = NULL
   double energy_conv;               // eV -> LAMMPS energy unit (lengths are A in metal and real)
   int threads_requested;            // pair_style keyword `threads N`; 0 = automatic
+  std::string device_name = "cpu";  // pair_style keyword `device`: this rank's device
+  std::set<int> mass_warned;        // types whose mass mismatch was reported
   std::string logged_setup;
   std::string logged_units;    // unit style whose conversion factor the log has shown
 
@@ -81,6 +84,8 @@ class PairSo3krates : public Pair {
   void read_metadata(const std::string &path, const std::string &text);
   void check_units();
   void configure_threads();
+  void select_device(const std::string &name);
+  void check_mass(int type);
   void log_model(const std::vector<std::string> &type_names);
   void log_setup();
 

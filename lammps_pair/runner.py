@@ -18,9 +18,10 @@ from .system import LammpsSystem
 
 
 def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units: str = "metal",
-                   before_box: str = "") -> str:
+                   before_box: str = "", device: str = "cpu") -> str:
     """From `units` to `pair_coeff`: the part every so3krates LAMMPS input shares. `before_box`:
-    commands that must precede read_data (e.g. `processors 2 1 1`)."""
+    commands that must precede read_data (e.g. `processors 2 1 1`); `device`: the pair style's
+    `device` keyword (cpu, cuda: one GPU per rank, cuda:N)."""
     model = Path(model_path).resolve()
     return "\n".join([
         f"units {units}",
@@ -30,7 +31,7 @@ def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units:
         before_box,
         f"plugin load {plugin_path()}",
         f"read_data {data_file}",
-        "pair_style so3krates",
+        "pair_style so3krates" + ("" if device == "cpu" else f" device {device}"),
         f"pair_coeff * * {model} {' '.join(system.type_symbols)}",
         "",
     ])

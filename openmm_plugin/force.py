@@ -81,26 +81,50 @@ def _topology_numbers(topology) -> List[int]:
     return numbers
 
 
+# openmm-ml's precision words (MACE, FeNNix: 'single', 'double') and dtype names -> the model dtype
+PRECISION_DTYPES = {"single": "float32", "double": "float64", "float32": "float32", "float64": "float64"}
+
+
+def model_dtype_for_precision(precision: Optional[str], metadata, model_path) -> None:
+    """Check that `precision` (None: whatever the model has) names the dtype the model was exported
+    with: a TorchScript export computes in one dtype only."""
+    if precision is None:
+        return
+    if precision not in PRECISION_DTYPES:
+        raise ValueError(f"precision={precision!r} is not understood; use 'single' or 'double' (openmm-ml's "
+                         f"words), 'float32' or 'float64', or None for the dtype the model was exported with")
+    wanted = PRECISION_DTYPES[precision]
+    if wanted != metadata["dtype"]:
+        raise ValueError(f"precision={precision!r}: the model {model_path} computes in {metadata['dtype']}, the "
+                         f"dtype it was exported with; export the checkpoint again in {wanted} with "
+                         f"`so3krates export best.ckpt -o model_{wanted}.pt --dtype {wanted}`, or leave precision "
+                         f"unset")
+
+
 def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = None, precision: Optional[str] = None,
                  atomic_numbers: Optional[Sequence[int]] = None, periodic: Optional[bool] = None,
-                 scale_parameter: Optional[str] = None):
+                 scale_parameter: Optional[str] = None, *, device: Optional[str] = None):
     """An openmm-torch TorchForce for the exported model at `model_path`.
 
     topology: an openmm.app.Topology (elements, and whether the system is periodic); or
     atomic_numbers: one per particle of the System, when there is no topology.
     atoms: indices of the atoms modelled by so3krates (the ML region); default: all.
-    precision: None (the dtype the model was exported with) is the only supported value; the
-        model always computes in its exported dtype, whatever the platform's precision.
+    precision: None (the dtype the model was exported with), or that dtype as openmm-ml's
+        'single'/'double' or 'float32'/'float64'; the model always computes in its exported dtype,
+        whatever the platform's precision, so another value is an error.
     periodic: default: whether the topology has periodic box vectors.
     scale_parameter: name of a global parameter (default value 1) that multiplies the energy, as
         openmm-ml's "lambda_interpolate".
+    device: 'cpu', 'cuda' or 'cuda:N' (None: 'cpu'), checked here; openmm-torch runs the model on the
+        device of the Context's platform (CPU and Reference: the CPU; CUDA: that GPU).
     """
     from ase.data import chemical_symbols
 
+    from so3krates.devices import torch_device
+
+    torch_device(device)   # a GPU asked for on a machine without one: a clear error
     metadata = read_metadata(model_path)  # refuses files that are not so3krates models
-    if precision not in (None, metadata["dtype"]):
-        raise ValueError(f"precision={precision!r}: the model {model_path} computes in {metadata['dtype']}, the dtype "
-                         f"it was exported with; re-export with `so3krates export --dtype {precision}`")
+    model_dtype_for_precision(precision, metadata, model_path)
     if metadata.get("length_unit") != "A" or metadata.get("energy_unit") != "eV":
         raise ValueError(f"{model_path} declares units {metadata.get('length_unit')}/{metadata.get('energy_unit')}; "
                          "this adapter converts from A/eV only")
@@ -139,6 +163,8 @@ def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = Non
 
 
 def _new_force(module, periodic: bool):
+    from .runtime import ensure_torch_plugin
+    ensure_torch_plugin()   # libnvrtc, openmm-torch's kernels, TorchForce copies (runtime.py); once
     import openmmtorch
     force = openmmtorch.TorchForce(module)
     force.setOutputsForces(True)

@@ -3,7 +3,8 @@
 NVE uses VerletIntegrator, which is leapfrog: it keeps velocities half a step behind the
 positions. Handing it v(-dt/2) = v(0) - a(0) dt/2 makes its positions follow velocity Verlet (the
 ASE reference) exactly; OpenMM reports the kinetic energy at full steps, and the frame velocities
-are shifted forward by half a step the same way. NVT uses LangevinMiddleIntegrator.
+are shifted forward by half a step the same way. NVT uses LangevinMiddleIntegrator; NPT adds
+OpenMM's MonteCarloBarostat (isotropic, a volume move every BAROSTAT_FREQUENCY steps).
 """
 from __future__ import annotations
 
@@ -15,13 +16,23 @@ from ase import Atoms
 
 from so3krates.engines import MDResult, MDSettings
 
-from .system import build_system, default_platform
+from .system import build_system, platform_for
 from .units import ANGSTROM_PER_NM, KJ_PER_MOL_PER_EV, NM_PER_PS_PER_ASE_VELOCITY
 
 PS_PER_FS = 1e-3
+BAROSTAT_FREQUENCY = 25   # steps between Monte Carlo volume moves (OpenMM's default)
 
 
-def start_context(system, frame, atoms: Atoms, settings: MDSettings, platform: str):
+def add_barostat(system, settings: MDSettings) -> None:
+    """npt: an isotropic Monte Carlo barostat at settings.pressure_bar and the thermostat's temperature."""
+    import openmm
+    if settings.ensemble == "npt":
+        barostat = openmm.MonteCarloBarostat(settings.pressure_bar, settings.temperature, BAROSTAT_FREQUENCY)
+        barostat.setRandomNumberSeed(settings.seed)
+        system.addForce(barostat)
+
+
+def start_context(system, frame, atoms: Atoms, settings: MDSettings, platform, properties=None):
     """A Context at the positions and velocities of `atoms` (velocity Verlet's v(0) handed to the
     leapfrog VerletIntegrator as v(-dt/2), see above); returns (context, integrator)."""
     import openmm
@@ -32,7 +43,9 @@ def start_context(system, frame, atoms: Atoms, settings: MDSettings, platform: s
     else:
         integrator = openmm.LangevinMiddleIntegrator(settings.temperature, settings.friction_per_ps, dt_ps)
         integrator.setRandomNumberSeed(settings.seed)
-    context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(platform))
+    if isinstance(platform, str):
+        platform = openmm.Platform.getPlatformByName(platform)
+    context = openmm.Context(system, integrator, platform, properties or {})
     if frame.box_nm is not None:
         context.setPeriodicBoxVectors(*frame.box_nm)
     context.setPositions(frame.positions_nm)
@@ -51,10 +64,11 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
     from openmm import unit
     from tqdm import tqdm
 
-    system, frame = build_system(str(model_path), atoms)
+    system, frame = build_system(str(model_path), atoms, settings.device)
+    add_barostat(system, settings)
     dt_ps = settings.timestep_fs * PS_PER_FS
     context, integrator = start_context(system, frame, atoms, settings,
-                                        platform or default_platform(str(model_path)))
+                                        *platform_for(str(model_path), platform, settings.device))
     masses = atoms.get_masses()[:, None]                                   # amu = g/mol
     half_step = settings.ensemble == "nve"
 
@@ -64,9 +78,12 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
         want_frame = bool(settings.traj_every) and step % settings.traj_every == 0
         state = context.getState(getEnergy=True, getPositions=want_frame, getVelocities=want_frame,
                                  getForces=want_frame and half_step)
+        volume = None
+        if settings.ensemble == "npt":
+            volume = state.getPeriodicBoxVolume().value_in_unit(unit.nanometer ** 3) * ANGSTROM_PER_NM ** 3
         if step % settings.log_every == 0:
             result.add(step, state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV,
-                       state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV)
+                       state.getKineticEnergy().value_in_unit(unit.kilojoule_per_mole) / KJ_PER_MOL_PER_EV, volume)
         if want_frame:
             pos = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer) * ANGSTROM_PER_NM
             vel = state.getVelocities(asNumpy=True).value_in_unit(unit.nanometer / unit.picosecond)
@@ -75,6 +92,9 @@ def run_md(model_path, atoms: Atoms, settings: MDSettings, progress: bool = True
                 vel = vel + 0.5 * dt_ps * f / masses
             snapshot = atoms.copy()
             snapshot.calc = None
+            if settings.ensemble == "npt":   # the barostat changed the box: its vectors, back in the ASE frame
+                box = state.getPeriodicBoxVectors(asNumpy=True).value_in_unit(unit.nanometer) * ANGSTROM_PER_NM
+                snapshot.set_cell(frame.to_ase(np.asarray(box)))
             snapshot.positions = frame.to_ase(np.asarray(pos))
             snapshot.set_velocities(frame.to_ase(np.asarray(vel)) / NM_PER_PS_PER_ASE_VELOCITY)
             result.add_frame(step, snapshot)

@@ -1,67 +1,21 @@
-"""openmm-ml registration: MLPotential('so3krates', modelPath='model.pt')."""
+"""openmm-ml registration: MLPotential('so3krates', modelPath='model.pt').
+
+This is the module of the `openmmml.potentials` entry point, which openmm-ml imports whenever
+`openmmml` is imported, for every user of any model. It imports nothing, not even openmm-ml (whose
+import loads this entry point: importing it here would be circular), and cannot fail: the
+potential itself (`mlpotential_impl.py`) and torch, openmm-torch and their set-up are loaded only
+when a so3krates potential is asked for. See docs/openmm.md.
+"""
 from __future__ import annotations
 
-from typing import Iterable, Optional
-
-from openmmml.mlpotential import MLPotentialImpl, MLPotentialImplFactory
+from typing import Optional
 
 
-class So3kratesPotentialImplFactory(MLPotentialImplFactory):
-    def createImpl(self, name: str, modelPath: Optional[str] = None, **args) -> MLPotentialImpl:
+class So3kratesPotentialImplFactory:
+    """openmm-ml's MLPotentialImplFactory interface (createImpl), without its base class (see above)."""
+
+    def createImpl(self, name: str, modelPath: Optional[str] = None, **args):
         if modelPath is None:
             raise ValueError("MLPotential('so3krates') needs modelPath='model.pt' (a file from `so3krates export`)")
+        from .mlpotential_impl import So3kratesPotentialImpl
         return So3kratesPotentialImpl(str(modelPath))
-
-
-class So3kratesPotentialImpl(MLPotentialImpl):
-    def __init__(self, model_path: str):
-        from so3krates.export import read_metadata
-        self.model_path = model_path
-        self.metadata = read_metadata(model_path)  # fail early on a foreign file
-
-    def addForces(self, topology, system, atoms: Optional[Iterable[int]], forceGroup: int, **args) -> None:
-        from .force import create_force
-        force = create_force(self.model_path, topology, atoms=None if atoms is None else list(atoms),
-                             precision=args.get("precision"))
-        force.setForceGroup(forceGroup)
-        system.addForce(force)
-
-    def getMLLongRange(self) -> bool:
-        return False  # interactions reach num_layers * cutoff, no long-range terms
-
-    def getSupportedEmbeddings(self):
-        return ["mechanical"]
-
-    def createMixedSystem(self, topology, system, atoms, forceGroup, interpolate, embedding, returnInfo=False, **args):
-        """openmm-ml's mechanical embedding, with one change for interpolate=True: the ML term is a
-        TorchForce scaled by the global parameter lambda_interpolate itself, instead of a
-        collective variable of a CustomCVForce. A CustomCVForce copies its forces through XML, and
-        deserialising a TorchForce crashes with the openmm-torch 1.5 wheel."""
-        from openmmml.embeddings.mechanicalembedding import MechanicalEmbedding
-        if not interpolate:
-            return MechanicalEmbedding().createMixedSystem(self, topology, system, atoms, forceGroup, False,
-                                                           returnInfo=returnInfo, **args)
-        recorder = _RecordMLAtoms(self)
-        info = MechanicalEmbedding().createMixedSystem(recorder, topology, system, atoms, forceGroup, True,
-                                                       returnInfo=True, **args)
-        from .force import create_force
-        force = create_force(self.model_path, info["topology"], atoms=recorder.atoms,
-                             precision=args.get("precision"), scale_parameter="lambda_interpolate")
-        force.setForceGroup(forceGroup)
-        info["system"].addForce(force)
-        return info if returnInfo else info["system"]
-
-
-class _RecordMLAtoms(MLPotentialImpl):
-    """Stands in for the potential while openmm-ml sets up the MM side of the interpolation:
-    adds no force, remembers the ML atoms (link-atom caps included)."""
-
-    def __init__(self, potential: So3kratesPotentialImpl):
-        self.potential = potential
-        self.atoms = None
-
-    def addForces(self, topology, system, atoms, forceGroup, **args) -> None:
-        self.atoms = None if atoms is None else list(atoms)
-
-    def getMLLongRange(self) -> bool:
-        return self.potential.getMLLongRange()

@@ -4,6 +4,10 @@ The PyPI openmm-torch 1.5 wheel's plugin (libOpenMMTorchReference.so) links libn
 the CUDA build of torch ships inside the nvidia-cuda-nvrtc wheel but not on the library path, so
 OpenMM's automatic plugin loading at import fails and a Context with a TorchForce then reports
 "does not support all required kernels". Preload libnvrtc and load that one plugin again.
+
+Nothing here runs at import: `create_force` calls `ensure_torch_plugin` when a so3krates force is
+first made, so that a torch without the nvidia wheels (a CPU-only install) or a missing
+openmm-torch never breaks `import openmmml` for other models.
 """
 from __future__ import annotations
 
@@ -21,13 +25,14 @@ def ensure_torch_plugin() -> None:
         return
     import openmm
     import torch  # noqa: F401  (loads libtorch into the process first)
-    import nvidia
-    candidates = []
-    for root in nvidia.__path__:
-        candidates += glob.glob(os.path.join(root, "cuda_nvrtc", "lib", "libnvrtc.so*"))
+    candidates = _nvrtc_libraries()
     if candidates:  # the Python extension _openmmtorch links it too
         ctypes.CDLL(sorted(candidates)[0], mode=ctypes.RTLD_GLOBAL)
-    import openmmtorch  # noqa: F401  (loads libOpenMMTorch.so, which the plugin needs)
+    try:
+        import openmmtorch  # noqa: F401  (loads libOpenMMTorch.so, which the plugin needs)
+    except ImportError as exc:
+        raise RuntimeError(f"openmm-torch cannot be imported ({exc}); install it with `pip install openmmtorch` "
+                           "(or `make install` in a so3krates checkout)") from None
     if not any("libOpenMMTorchReference" in f for f in openmm.Platform.getPluginLoadFailures()):
         _copy_torch_forces_without_xml()
         _loaded = True  # the plugin loaded when openmm was imported
@@ -41,6 +46,18 @@ def ensure_torch_plugin() -> None:
         openmm.Platform.loadPluginsFromDirectory(folder)
     _copy_torch_forces_without_xml()
     _loaded = True
+
+
+def _nvrtc_libraries() -> list:
+    """libnvrtc.so* from the nvidia-cuda-nvrtc wheel; none with a CPU-only torch (no `nvidia` package)."""
+    try:
+        import nvidia
+    except ImportError:
+        return []
+    candidates = []
+    for root in getattr(nvidia, "__path__", []):
+        candidates += glob.glob(os.path.join(root, "cuda_nvrtc", "lib", "libnvrtc.so*"))
+    return candidates
 
 
 def _copy_torch_forces_without_xml() -> None:

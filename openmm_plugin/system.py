@@ -39,7 +39,7 @@ def openmm_frame(atoms: Atoms) -> OpenMMFrame:
     return OpenMMFrame(atoms.positions @ rotation.T / ANGSTROM_PER_NM, box / ANGSTROM_PER_NM, rotation)
 
 
-def build_system(model_path: str, atoms: Atoms):
+def build_system(model_path: str, atoms: Atoms, device: Optional[str] = None):
     """(System, OpenMMFrame) with ASE's masses and the so3krates force on every atom."""
     import openmm
     from openmm import Vec3
@@ -53,7 +53,7 @@ def build_system(model_path: str, atoms: Atoms):
     periodic = frame.box_nm is not None
     if periodic:
         system.setDefaultPeriodicBoxVectors(*(Vec3(*row) for row in frame.box_nm))
-    force = create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic)
+    force = create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic, device=device)
     if periodic:
         from openmm import unit
         from .force import check_box
@@ -67,3 +67,25 @@ def default_platform(model_path: str) -> str:
     """Reference (double precision everywhere) for float64 models, CPU otherwise."""
     from so3krates.export import read_metadata
     return "Reference" if read_metadata(model_path)["dtype"] == "float64" else "CPU"
+
+
+def platform_for(model_path: str, platform: Optional[str] = None, device: Optional[str] = None):
+    """(openmm.Platform, properties) for a Context: `platform` if given; for device 'cuda[:N]' the
+    CUDA platform on that GPU (openmm-torch runs the model where the platform runs); else
+    default_platform."""
+    import openmm
+
+    from so3krates.devices import torch_device
+    dev = torch_device(device)
+    properties = {}
+    if dev.type == "cuda":
+        platform = platform or "CUDA"
+        if platform == "CUDA":
+            properties["DeviceIndex"] = str(dev.index or 0)
+    name = platform or default_platform(model_path)
+    try:
+        return openmm.Platform.getPlatformByName(name), properties
+    except openmm.OpenMMException:
+        known = [openmm.Platform.getPlatform(k).getName() for k in range(openmm.Platform.getNumPlatforms())]
+        raise ValueError(f"OpenMM platform {name!r} is not available here (this OpenMM has {', '.join(known)}); "
+                         f"use device 'cpu'") from None

@@ -25,7 +25,11 @@ class So3kratesCalculator(Calculator):
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
     def __init__(self, model, device: str = "cpu", **kwargs):
+        """model: a checkpoint or exported file; device: 'cpu', 'cuda' or 'cuda:N' (a clear error
+        when CUDA is not available)."""
+        from so3krates.devices import torch_device
         super().__init__(**kwargs)
+        device = str(torch_device(device))
         self.model, self.metadata = load_model(model, device)
         self.device = device
         self.cutoff = float(self.model.cutoff)

@@ -1,5 +1,6 @@
 """The ASE engine: the ASE calculator with ASE's own integrators. It is the reference MD of
-`so3krates validate`: velocity Verlet (NVE) or Langevin (NVT), in ASE's units."""
+`so3krates validate`: velocity Verlet (NVE) or Langevin (NVT), in ASE's units; NPT with ASE's
+isotropic MTK barostat (Nose-Hoover chains, `ase.md.nose_hoover_chain.IsotropicMTKNPT`)."""
 from __future__ import annotations
 
 import time
@@ -32,10 +33,12 @@ class AseEngine:
         from tqdm import tqdm
 
         atoms = atoms.copy()
-        atoms.calc = So3kratesCalculator(model_path)
+        atoms.calc = So3kratesCalculator(model_path, device=settings.device)
         dt = settings.timestep_fs * units.fs
         if settings.ensemble == "nve":
             dyn = VelocityVerlet(atoms, timestep=dt)
+        elif settings.ensemble == "npt":
+            dyn = npt_dynamics(atoms, settings)
         else:
             dyn = Langevin(atoms, timestep=dt, temperature_K=settings.temperature,
                            friction=settings.friction_per_ps / (1000.0 * units.fs),
@@ -45,7 +48,8 @@ class AseEngine:
 
         def record(step: int) -> None:
             if step % settings.log_every == 0:
-                result.add(step, atoms.get_potential_energy(), atoms.get_kinetic_energy())
+                result.add(step, atoms.get_potential_energy(), atoms.get_kinetic_energy(),
+                           atoms.get_volume() if settings.ensemble == "npt" else None)
             if settings.traj_every and step % settings.traj_every == 0:
                 frame = atoms.copy()
                 frame.calc = None
@@ -62,6 +66,21 @@ class AseEngine:
             bar.close()
         result.wall_time_s = time.perf_counter() - start
         return result
+
+
+def npt_dynamics(atoms: Atoms, settings: MDSettings):
+    """ASE's isotropic MTK NPT (ASE >= 3.25): thermostat time 1/friction, barostat time
+    settings.barostat_period_fs, pressure settings.pressure_bar."""
+    try:
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+    except ImportError:
+        import ase
+        raise ValueError(f"--ensemble npt with the ase engine needs ASE >= 3.25 (IsotropicMTKNPT); this is ASE "
+                         f"{ase.__version__}: upgrade ASE or use --engine openmm or lammps") from None
+    return IsotropicMTKNPT(atoms, timestep=settings.timestep_fs * units.fs, temperature_K=settings.temperature,
+                           pressure_au=settings.pressure_bar * units.bar,
+                           tdamp=1000.0 * units.fs / settings.friction_per_ps,
+                           pdamp=settings.barostat_period_fs * units.fs)
 
 
 ENGINE = AseEngine()

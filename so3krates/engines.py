@@ -32,27 +32,42 @@ REGISTRY: Dict[str, str] = {
 }
 
 
+ENSEMBLES = ("nve", "nvt", "npt")
+
+
 @dataclass
 class MDSettings:
-    ensemble: str = "nve"            # nve | nvt (Langevin)
-    temperature: float = 300.0       # K: initial velocities, and the thermostat for nvt
+    ensemble: str = "nve"            # nve | nvt (Langevin) | npt (thermostat + isotropic barostat)
+    temperature: float = 300.0       # K: initial velocities, and the thermostat for nvt and npt
     timestep_fs: float = 0.5
     steps: int = 1000
     friction_per_ps: float = 1.0     # Langevin friction for nvt
     seed: int = 0
     log_every: int = 10              # steps between log rows
     traj_every: int = 100            # steps between trajectory frames (0: none)
+    device: str = "cpu"              # where the model runs: cpu, cuda, cuda:N
+    pressure_bar: float = 1.01325    # npt: the barostat's target pressure
+    barostat_period_fs: float = 500.0  # npt: relaxation time of the volume (LAMMPS Pdamp, ASE pdamp)
 
     def validate(self) -> None:
-        if self.ensemble not in ("nve", "nvt"):
-            raise ValueError(f"ensemble {self.ensemble!r} is not supported; use 'nve' or 'nvt'")
+        if self.ensemble not in ENSEMBLES:
+            raise ValueError(f"ensemble {self.ensemble!r} is not supported; use one of {', '.join(ENSEMBLES)}")
         if not self.timestep_fs > 0 or self.steps < 0 or self.log_every < 1 or self.traj_every < 0:
             raise ValueError(f"--timestep must be > 0 (got {self.timestep_fs:g}), --steps >= 0 (got {self.steps}), "
                              f"--log-every >= 1 (got {self.log_every}) and --traj-every >= 0 (got {self.traj_every})")
         if not self.temperature >= 0:
             raise ValueError(f"--temperature must be >= 0 K, got {self.temperature:g}")
-        if self.ensemble == "nvt" and not self.friction_per_ps > 0:
-            raise ValueError(f"--friction must be > 0 for nvt, got {self.friction_per_ps:g}")
+        if self.ensemble in ("nvt", "npt") and not self.friction_per_ps > 0:
+            raise ValueError(f"--friction must be > 0 for {self.ensemble}, got {self.friction_per_ps:g}")
+        if self.ensemble == "npt" and not (np.isfinite(self.pressure_bar) and self.barostat_period_fs > 0):
+            raise ValueError(f"npt needs a finite --pressure (got {self.pressure_bar:g} bar) and a barostat period "
+                             f"> 0 (got {self.barostat_period_fs:g} fs)")
+
+    def check_periodic(self, atoms: Atoms) -> None:
+        """npt changes the volume of a periodic cell: a structure without one is an error."""
+        if self.ensemble == "npt" and not atoms.pbc.all():
+            raise ValueError("--ensemble npt needs a fully periodic cell (the barostat scales the box); this "
+                             "structure is not periodic in all three directions: use nvt, or give a periodic box")
 
 
 class MDObserver(Protocol):
@@ -76,17 +91,23 @@ class MDResult:
     kinetic_eV: List[float] = field(default_factory=list)
     frames: List[Atoms] = field(default_factory=list)   # positions (A) and velocities (ASE units)
     frame_steps: List[int] = field(default_factory=list)
+    volume_A3: List[float] = field(default_factory=list)   # per row, npt runs only
     timestep_fs: float = 0.5
     num_atoms: int = 0
     wall_time_s: float = 0.0
     observer: Optional[Any] = field(default=None, repr=False, compare=False)   # an MDObserver
 
-    def add(self, step: int, epot: float, ekin: float) -> None:
+    def add(self, step: int, epot: float, ekin: float, volume_A3: Optional[float] = None) -> None:
+        if volume_A3 is not None:
+            self.volume_A3.append(float(volume_A3))
         self.step.append(int(step))
         self.potential_eV.append(float(epot))
         self.kinetic_eV.append(float(ekin))
         if self.observer is not None:
-            self.observer.row(int(step), float(epot), float(ekin))
+            if volume_A3 is None:
+                self.observer.row(int(step), float(epot), float(ekin))
+            else:   # npt: observers that log the volume take it as a keyword
+                self.observer.row(int(step), float(epot), float(ekin), volume_A3=float(volume_A3))
 
     def add_frame(self, step: int, atoms: Atoms) -> None:
         self.frames.append(atoms)
@@ -177,6 +198,7 @@ def single_point(spec: EngineSpec, model_path: str, atoms: Atoms) -> Dict[str, O
 def run_md(spec: EngineSpec, model_path: str, atoms: Atoms, settings: MDSettings,
            progress: bool = True, observer: Optional[MDObserver] = None) -> MDResult:
     settings.validate()
+    settings.check_periodic(atoms)
     engine = get(spec.engine)
     if spec.ranks != 1 and not engine.parallel:
         raise ValueError(f"--ranks applies to the lammps engine only, not {spec.engine}")

@@ -67,7 +67,7 @@ class BlowUpCheck:
                          f"{total:.6g} eV, a change of more than {NVE_JUMP_THERMAL:g} times the thermal energy "
                          f"({self.thermal_eV:.3g} eV for {self.num_atoms} atoms at {self.temperature:g} K) in NVE; "
                          f"{self._advice()}")
-        if self.settings.ensemble == "nvt" and ekin > NVT_KINETIC_THERMAL * self.thermal_eV:
+        if self.settings.ensemble in ("nvt", "npt") and ekin > NVT_KINETIC_THERMAL * self.thermal_eV:
             kinetic_temperature = ekin / (1.5 * self.num_atoms * units.kB)
             raise BlowUp(f"the run blew up at step {step}: the kinetic energy reached {ekin:.6g} eV (about "
                          f"{kinetic_temperature:.3g} K, thermostat at {self.settings.temperature:g} K); "
@@ -95,19 +95,21 @@ class MDWriter:
         self.last_frame_step: Optional[int] = None
         self._log = self._traj = None   # opened at the first row / frame (the paths were checked before)
 
-    def row(self, step: int, epot: float, ekin: float) -> None:
+    def row(self, step: int, epot: float, ekin: float, volume_A3: Optional[float] = None) -> None:
         from so3krates.model.outputs import whole
         self.check.row(step, epot, ekin)
+        npt = self.settings.ensemble == "npt"
         with whole():
             if self.log_path and self._log is None:
                 self._log = open(self.log_path, "w", newline="")
                 self._csv = csv.writer(self._log)
-                self._csv.writerow(LOG_COLUMNS)
+                self._csv.writerow(LOG_COLUMNS + (["volume_A3"] if npt else []))
             if self._log:
                 dof = max(3 * self.num_atoms - 3, 1)
                 temp = 2.0 * ekin / (dof * units.kB)
                 self._csv.writerow([step, f"{step * self.settings.timestep_fs / 1000.0:.6f}", f"{epot:.10f}",
-                                    f"{ekin:.10f}", f"{epot + ekin:.10f}", f"{temp:.4f}"])
+                                    f"{ekin:.10f}", f"{epot + ekin:.10f}", f"{temp:.4f}"]
+                                   + ([f"{volume_A3:.6f}" if volume_A3 is not None else ""] if npt else []))
                 self._log.flush()
             self.rows += 1
             self.last_row_step = step
@@ -170,7 +172,11 @@ def register(subparsers) -> None:
     p.add_argument("model", help="exported model file (so3krates export)")
     p.add_argument("structure", help="structure file or ASE molecule name")
     p.add_argument("--engine", choices=engines.names(), default="ase")
-    p.add_argument("--ensemble", choices=["nve", "nvt"], default="nve")
+    p.add_argument("--ensemble", choices=list(engines.ENSEMBLES), default="nve",
+                   help="nve; nvt (Langevin); npt (thermostat + isotropic barostat: OpenMM MonteCarloBarostat, "
+                        "LAMMPS fix npt, ASE IsotropicMTKNPT; periodic cells only)")
+    p.add_argument("--pressure", type=float, default=1.01325, help="bar, the barostat's pressure (npt)")
+    p.add_argument("--device", default="cpu", help="where the model runs: cpu, cuda or cuda:N (default cpu)")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--steps", type=int, default=1000)
@@ -189,8 +195,11 @@ def _main(args) -> int:
     from so3krates.model.outputs import Interrupted, check_output_file
     settings = MDSettings(ensemble=args.ensemble, temperature=args.temperature, timestep_fs=args.timestep,
                           steps=args.steps, friction_per_ps=args.friction, seed=args.seed,
-                          log_every=args.log_every, traj_every=args.traj_every)
+                          log_every=args.log_every, traj_every=args.traj_every, device=args.device,
+                          pressure_bar=args.pressure)
     settings.validate()
+    from so3krates.devices import torch_device
+    torch_device(args.device)   # asking for a GPU on a machine without one: a clear error before anything runs
     if args.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {args.ranks}")
     check_output_file(args.log, "--log")
@@ -198,6 +207,7 @@ def _main(args) -> int:
     if args.traj and not args.traj_every:
         raise ValueError("--traj needs frames: give --traj-every N (N >= 1)")
     atoms = initial_state(read_structure(args.structure), args.temperature, args.seed)
+    settings.check_periodic(atoms)
     spec = EngineSpec(args.engine, args.ranks)
     writer = MDWriter(settings, len(atoms), spec.label, args.log, args.traj)
     try:

@@ -36,6 +36,12 @@ class Tolerances:
             return cls(1e-6, 1e-5, 0.05, 0.05, 50.0)
         return cls(0.1, 1.0, 0.5, 0.1, 0.0)
 
+    @classmethod
+    def for_engine(cls, reference_dtype: str, engine_dtype: str) -> "Tolerances":
+        """An engine is compared with the ase reference: the figures can be no better than the
+        less precise of the two models, so a float32 file on either side gets the float32 limits."""
+        return cls.for_dtype("float64" if reference_dtype == engine_dtype == "float64" else "float32")
+
 
 @dataclass
 class ValidationSettings:
@@ -52,6 +58,9 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
              progress: bool = True, log=print) -> Dict:
     meta = read_metadata(model_path)
     tol = settings.tolerances or Tolerances.for_dtype(meta["dtype"])
+    # each engine by the dtype of the file it runs (ENGINE@OTHER.pt may be a float32 export)
+    engine_tol = {spec.label: settings.tolerances or Tolerances.for_engine(meta["dtype"], engine_dtype(spec, model_path))
+                  for spec in specs}
     start = initial_state(atoms, settings.temperature, settings.seed)
     n = len(start)
     md = MDSettings(ensemble="nve", temperature=settings.temperature, timestep_fs=settings.timestep_fs,
@@ -73,8 +82,8 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
     nve = {label: energy_conservation(r) for label, r in runs.items()}
     trajectory = {label: divergence(reference_run, r) for label, r in runs.items()}
     failures = [f for label in labels
-                for f in engine_failures(label, step0[label], runs[label], nve[label], trajectory[label], tol,
-                                         settings.timestep_fs)]
+                for f in engine_failures(label, step0[label], runs[label], nve[label], trajectory[label],
+                                         engine_tol[label], settings.timestep_fs)]
     return {
         "model": str(model_path),
         "metadata": {k: meta[k] for k in ("so3krates_version", "dtype", "elements", "cutoff_A", "num_layers")},
@@ -82,6 +91,7 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
         "periodic": periodic,
         "settings": {k: v for k, v in asdict(settings).items() if k != "tolerances"},
         "tolerances": asdict(tol),
+        "engine_tolerances": {label: asdict(t) for label, t in engine_tol.items()},
         "engines": labels,
         "step0": step0,
         "nve": nve,
@@ -90,6 +100,16 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
         "passed": not failures,
         "_runs": runs,
     }
+
+
+def engine_dtype(spec: EngineSpec, model_path: str) -> str:
+    """The dtype of the model file an engine runs (its own `@MODEL` or the common one)."""
+    if not spec.model:
+        return read_metadata(model_path)["dtype"]
+    from so3krates.export.loading import is_exported_file
+    if is_exported_file(spec.model):
+        return read_metadata(spec.model)["dtype"]
+    return "float64"   # a training checkpoint (ase engine) computes in float64
 
 
 def engine_failures(label: str, s: Dict[str, float], run: MDResult, c: Dict[str, float], trajectory: Dict,
@@ -128,8 +148,11 @@ def format_report(report: Dict) -> str:
     lines.append(f"  {'engine':<22}{'max|dE| meV':>14}{'meV/atom':>12}{'max|dF| meV/A':>15}{'max|dW| meV':>13}")
     for label, s in report["step0"].items():
         dw = s.get("max_abs_dvirial_meV")
+        own = report.get("engine_tolerances", {}).get(label, tol)
+        note = "" if own == tol else (f"  (its model's dtype: {own['max_abs_dE_meV_per_atom']:g} meV/atom, "
+                                      f"{own['max_abs_dF_meV_per_A']:g} meV/A)")
         lines.append(f"  {label:<22}{s['max_abs_dE_meV']:>14.3g}{s['max_abs_dE_meV_per_atom']:>12.3g}"
-                     f"{s['max_abs_dF_meV_per_A']:>15.3g}{('-' if dw is None else f'{dw:.3g}'):>13}")
+                     f"{s['max_abs_dF_meV_per_A']:>15.3g}{('-' if dw is None else f'{dw:.3g}'):>13}{note}")
     st = report["settings"]
     lines.append(f"NVE, {st['steps']} steps of {st['timestep_fs']} fs from identical positions and velocities "
                  f"(tolerance |drift| <= {tol['max_abs_drift_meV_per_atom_per_ps']:g} meV/atom/ps, "
