@@ -367,3 +367,11 @@ def collate(graphs: Sequence[Graph]) -> dict:
         "forces": torch.cat(forces),
         "force_mask": torch.cat([torch.full((n,), g.forces is not None) for g, n in zip(graphs, sizes)]),
     }
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated batch on `device` (the same dict on the CPU)."""
+    import torch
+    if torch.device(device).type == "cpu":
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
