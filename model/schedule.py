@@ -113,8 +113,9 @@ class BudgetSchedule:
         if self.total_seconds is not None:
             ends.append(f"{self.total_seconds:.0f} s of training")
         warm = f"{self.warmup_steps} steps or {WARMUP_FRACTION:.0%} of the budget, whichever is first"
+        first = " (whichever comes first)" if len(ends) > 1 else ""
         return (f"{self.kind} decay planned over the budget: warm-up over {warm}, then {self.base:g} down to the "
-                f"floor {self.min_lr:g}, reached at {' or '.join(ends)} (whichever comes first)")
+                f"floor {self.min_lr:g}, reached at {' or '.join(ends)}{first}")
 
     def state_dict(self) -> Dict[str, float]:
         return {"kind": self.kind, "steps": self.steps, "total_steps": self.total_steps,
