@@ -587,6 +587,8 @@ class Trainer:
             f"{torch.get_num_threads()} CPU thread(s)",
             f"  {self.n_batches} batches of up to {o.batch_size} per epoch; warm-up {warmup}",
             f"  schedule: {self.schedule.describe()}",
+            f"  EMA of the weights (validated and saved): decay {o.ema_decay:g}, an average over the last "
+            f"~{1 / max(1 - o.ema_decay, 1e-9):.0f} steps (over the last ~11% of the steps early in the run)",
             f"  budget: {budget_text(o)}",
         ]
         if self.replanned_from is not None:
