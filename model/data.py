@@ -433,3 +433,11 @@ def collate(graphs: Sequence[Graph]) -> dict:
                                for g in graphs]),
         "virial_mask": torch.tensor([g.virial is not None for g in graphs]),
     }
+
+
+def to_device(batch: dict, device) -> dict:
+    """A collated batch on `device` (the same dict on the CPU)."""
+    import torch
+    if torch.device(device).type == "cpu":
+        return batch
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

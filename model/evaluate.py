@@ -8,7 +8,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .data import Graph, Structure, collate, make_graphs, read_dataset
+from .data import Graph, Structure, collate, make_graphs, read_dataset, to_device
 
 
 def predict_graphs(module, graphs: Sequence[Graph], batch_size: int = 32) -> Dict[str, List[np.ndarray]]:
@@ -18,17 +18,18 @@ def predict_graphs(module, graphs: Sequence[Graph], batch_size: int = 32) -> Dic
     energies: List[float] = []
     forces: List[np.ndarray] = []
     virials: List[Optional[np.ndarray]] = []
+    device = next(iter(module.parameters())).device
     for start in range(0, len(graphs), batch_size):
         chunk = graphs[start:start + batch_size]
-        b = collate(chunk)
+        b = to_device(collate(chunk), device)
         with_virial = bool(b["virial_mask"].any())
         out = module.evaluate_edges(b["positions"], b["species"], b["idx_i"], b["idx_j"], b["shifts"], b["batch"],
                                     b["num_graphs"], -1, True, with_virial, False)
         energies.extend(out["energy"].detach().double().tolist())
-        f = out["forces"].detach().double().numpy()
+        f = out["forces"].detach().double().cpu().numpy()
         sizes = np.cumsum([len(g.species) for g in chunk])[:-1]
         forces.extend(np.split(f, sizes))
-        w = out["virial"].detach().double().numpy() if with_virial else None
+        w = out["virial"].detach().double().cpu().numpy() if with_virial else None
         virials.extend(w[k] if g.virial is not None else None for k, g in enumerate(chunk))
     return {"energy": np.asarray(energies), "forces": forces, "virial": virials}
 

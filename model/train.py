@@ -1,8 +1,10 @@
-"""Training: energy + force loss, AMSGrad, warm-up then decay on plateau, EMA weights, resumable.
+"""Training: energy + force loss, AMSGrad, a learning-rate schedule planned over the budget (or decay on
+plateau, model/schedule.py), EMA weights, resumable.
 
 `train(TrainOptions(...)) -> Path` (the best checkpoint). The run folder holds best.ckpt and
 last.ckpt (EMA weights as the network, plus the full training state in last.ckpt), config.yaml,
-metrics.csv and learning_curve.png. `resume=True` continues from last.ckpt exactly: the same
+metrics.csv (with the training throughput of each epoch) and learning_curve.png; with --test, test_errors.json
+(the best weights on the test file). `resume=True` continues from last.ckpt exactly: the same
 seed gives the same weights whether or not the run was interrupted.
 """
 from __future__ import annotations
@@ -23,10 +25,11 @@ import torch
 
 from .checkpoint import atomic_write, load_checkpoint, save_checkpoint, upgrade_state_dict
 from .config import So3kratesConfig, preset
-from .data import Structure, collate, dataset_sha256, make_graphs, neighbor_pairs, read_dataset
+from .data import Structure, collate, dataset_sha256, make_graphs, neighbor_pairs, read_dataset, to_device
 from .evaluate import error_metrics, predict_graphs
 from .network import So3krates
 from .potential import Potential
+from .schedule import SCHEDULES, BudgetSchedule, PlateauSchedule, make_schedule  # noqa: F401 (PlateauSchedule: API)
 
 
 @dataclass
@@ -53,7 +56,8 @@ class TrainOptions:
     # On the squared virial component error per atom (eV/atom)^2. 1000: a 0.1 GPa stress error in liquid water
     # (~10 A^3 per atom: 6e-3 eV/atom of virial) weighs as much as a 20 meV/A force error at forces_weight 100.
     stress_weight: float = 1000.0
-    warmup_steps: int = 200
+    warmup_steps: int = 200              # or 5% of the budget, whichever is first (model/schedule.py)
+    schedule: str = "cosine"             # cosine | exponential (planned over the budget) | plateau
     plateau_patience: int = 10           # epochs without improvement before the lr is reduced
     plateau_factor: float = 0.5
     min_lr: float = 1e-5
@@ -66,6 +70,8 @@ class TrainOptions:
     snapshot_times: List[float] = field(default_factory=list)   # seconds: extra EMA checkpoints (benchmarks)
     energy_only: bool = False            # train without forces (asked for: data without forces is an error)
     overwrite: bool = False              # replace the run files already in `out`
+    test: Optional[str] = None           # evaluated with the best weights at the end -> test_errors.json
+    device: str = "cpu"                  # cpu | cuda | cuda:N
     given: Optional[List[str]] = None    # options set explicitly (the CLI); None: all (compared on resume)
 
     def validate(self) -> None:
@@ -103,9 +109,30 @@ class TrainOptions:
             raise ValueError("--energy-only trains on energies: --energy-weight must be > 0")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype {self.dtype!r}; choose float32 or float64")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"--schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if not (self.min_lr > 0 or (self.min_lr == 0 and self.schedule != "exponential")):
+            raise ValueError(f"min_lr (the schedule's floor) must be > 0 (>= 0 unless --schedule exponential), got "
+                             f"{self.min_lr:g}")
+        check_device(self.device)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def check_device(device: str) -> None:
+    """cpu, or a CUDA device that this machine has."""
+    if device == "cpu":
+        return
+    if not re.fullmatch(r"cuda(:\d+)?", device):
+        raise ValueError(f"--device {device!r}; choose cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available to this PyTorch (torch "
+                         f"{torch.__version__}, CUDA build {torch.version.cuda or 'none'}); train with --device cpu")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= torch.cuda.device_count():
+        raise ValueError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                         f"(cuda:0 .. cuda:{torch.cuda.device_count() - 1})")
 
 
 def parse_duration(text) -> float:
@@ -117,35 +144,6 @@ def parse_duration(text) -> float:
     if not parts or "".join(n + u for n, u in parts) != s.replace(" ", ""):
         raise ValueError(f"cannot read the duration {text!r}; write e.g. 90s, 30m, 1.5h or 1h30m")
     return sum(float(n) * {"": 1, "s": 1, "m": 60, "h": 3600}[u] for n, u in parts)
-
-
-class PlateauSchedule:
-    """Linear warm-up over `warmup` steps, then the lr times `factor` after `patience` epochs
-    without a better validation loss. State is plain numbers (checkpoint-safe)."""
-
-    def __init__(self, lr: float, warmup: int, patience: int, factor: float, min_lr: float):
-        self.base, self.warmup, self.patience, self.factor, self.min_lr = lr, warmup, patience, factor, min_lr
-        self.scale, self.best, self.bad_epochs, self.steps = 1.0, math.inf, 0, 0
-
-    def lr(self) -> float:
-        warm = min(1.0, (self.steps + 1) / max(self.warmup, 1))
-        return max(self.base * self.scale, self.min_lr) * warm
-
-    def epoch_end(self, valid_loss: float) -> None:
-        if valid_loss < self.best * (1 - 1e-4):
-            self.best, self.bad_epochs = valid_loss, 0
-        else:
-            self.bad_epochs += 1
-            if self.bad_epochs > self.patience:
-                self.scale *= self.factor
-                self.bad_epochs = 0
-
-    def state_dict(self) -> Dict[str, float]:
-        return {"scale": self.scale, "best": self.best, "bad_epochs": self.bad_epochs, "steps": self.steps}
-
-    def load_state_dict(self, state: Dict[str, float]) -> None:
-        self.scale, self.best = float(state["scale"]), float(state["best"])
-        self.bad_epochs, self.steps = int(state["bad_epochs"]), int(state["steps"])
 
 
 def loss_terms(out: Dict[str, torch.Tensor], batch: Dict[str, Any], options: TrainOptions):
@@ -236,11 +234,18 @@ def read(path, options: TrainOptions, require_forces: bool = False) -> List[Stru
 
 
 # Files a training run writes into its folder: a folder holding any of them holds an earlier run.
-RUN_FILES = ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "learning_curve.png", "snapshot_*.ckpt")
+RUN_FILES = ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "learning_curve.png", "snapshot_*.ckpt",
+             "test_errors.json", "summary.txt")
+# The end-of-training statement: a run is called not converged when the best validation force error
+# (the loss without forces) of its last 10% of epochs is more than this fraction below the best before.
+STILL_IMPROVING = 0.05
+# learning_curve.png is redrawn at most this often (and at the end): drawing it costs about 0.3 s of
+# CPU, a tenth of an rMD17 ethanol epoch.
+PLOT_EVERY_S = 60.0
 # What a resumed run may change: how long it trains and how it reports. Everything else is the
 # run's recipe, kept as it started; the data files are checked by their sha256.
 RESUME_MAY_CHANGE = ("epochs", "max_time", "progress", "threads", "snapshot_times", "resume", "overwrite", "given",
-                     "train", "valid", "isolated_atoms")
+                     "train", "valid", "isolated_atoms", "test", "device")
 
 
 def run_files(out: Path) -> List[Path]:
@@ -299,14 +304,20 @@ class Trainer:
         resume, earlier = self._open_run_folder(options)
         options = self.options
         torch.set_num_threads(options.threads or max(1, min(2, os.cpu_count() or 1)))
+        # Every step frees and allocates the same per-edge tensors; glibc would hand them back to the
+        # kernel and page-fault them in again (benchmarks/training_throughput.py, docs/benchmarks.md).
+        from so3krates.allocator import keep_freed_memory
+        keep_freed_memory()
         self.dtype = getattr(torch, options.dtype)
+        self.device = torch.device(options.device)
         self._read_data()
         config = self._check_resumed_data(resume) if resume is not None else build_config(options, self.train_set)
         torch.manual_seed(options.seed)
         network = So3krates(config)
+        self.shift_source = "restored from the checkpoint"
         if resume is None:
             self._fit_element_energies(network)
-        self._set_up_optimisation(network)
+        self._set_up_optimisation(network.to(self.device))
         if resume is not None:
             self._restore(resume)
         for f in earlier:   # --overwrite: only now that the new run is set up (a bad flag keeps the old run)
@@ -333,6 +344,7 @@ class Trainer:
             resume = load_checkpoint(last)
             stored = dict(resume["training"]["options"])
             stored.setdefault("stress_weight", 0.0)   # a run from before stress training trained none
+            stored.setdefault("schedule", "plateau")   # runs started before budget planning
             conflicts = resume_conflicts(options, stored)
             if conflicts:
                 raise ValueError(f"--resume continues the run in {self.out} with its own settings, but "
@@ -341,7 +353,7 @@ class Trainer:
             # The run's recipe stays as it started; only how long to train may change. The data
             # files may have moved (their sha256 is checked later); the paths given now are used.
             for key in RESUME_MAY_CHANGE:
-                if key in ("train", "valid", "isolated_atoms") and not getattr(options, key):
+                if key in ("train", "valid", "isolated_atoms", "test") and not getattr(options, key):
                     continue
                 stored[key] = getattr(options, key)
             known = {f.name for f in dataclasses.fields(TrainOptions)}
@@ -352,7 +364,7 @@ class Trainer:
                              f"it with --resume, replace it with --overwrite, or choose another --out")
         # Absolute data paths: the stored run can be resumed from any directory.
         options.train, options.valid = absolute(options.train), absolute(options.valid)
-        options.isolated_atoms = absolute(options.isolated_atoms)
+        options.isolated_atoms, options.test = absolute(options.isolated_atoms), absolute(options.test)
         return resume, earlier
 
     def _read_data(self) -> None:
@@ -377,6 +389,8 @@ class Trainer:
             self.train_set, self.valid_set = structures, read(options.valid, options)
         else:
             self.train_set, self.valid_set = split(structures, options.valid_fraction, options.seed)
+        # Read now: a bad --test file is refused before the training, not after it.
+        self.test_set = read(options.test, options) if options.test else None
         self.metadata = {
             "training_data": str(Path(options.train).resolve()),
             "training_data_sha256": dataset_sha256(options.train),
@@ -405,6 +419,8 @@ class Trainer:
             isolated = read_dataset(options.isolated_atoms, options.energy_key, None, options.energy_unit,
                                     options.length_unit)
         mu = energy_shifts(self.train_set, list(network.config.elements), isolated)
+        self.shift_source = (f"isolated-atom energies from {options.isolated_atoms}" if isolated is not None else
+                             "least squares E ~ sum_Z n_Z mu_Z over the training set")
         with torch.no_grad():
             network.energy_shift.copy_(torch.as_tensor(mu))
             network.energy_scale.fill_(force_rms(self.train_set))
@@ -418,22 +434,31 @@ class Trainer:
             p.requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.potential.parameters(), lr=options.lr,
                                           amsgrad=options.optimizer == "amsgrad")
-        self.schedule = PlateauSchedule(options.lr, options.warmup_steps, options.plateau_patience,
-                                        options.plateau_factor, options.min_lr)
         self.generator = torch.Generator().manual_seed(options.seed)
         self.train_graphs = make_graphs(self.train_set, config.elements, config.cutoff, self.dtype)
         self.valid_graphs = make_graphs(self.valid_set, config.elements, config.cutoff, self.dtype)
+        self.n_batches = math.ceil(len(self.train_graphs) / options.batch_size)
+        self.train_sizes = [len(g.species) for g in self.train_graphs]
+        self.schedule = make_schedule(options.schedule, options.lr, options.min_lr, options.warmup_steps,
+                                      options.plateau_patience, options.plateau_factor, *self._budget())
+        self.replanned_from = None   # the stored plan, when a resume re-planned over a new budget
+        self.last_plot = -math.inf
         self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0.0
         self.order = torch.zeros(0, dtype=torch.long)
-        self.sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0, "n": 0, "structures": 0, "seconds": 0.0}
+        self.sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0, "n": 0, "structures": 0, "atoms": 0, "seconds": 0.0}
         self.history: List[Dict[str, float]] = []
         self.best_loss = math.inf
+
+    def _budget(self):
+        """(optimizer steps, seconds) the run may take: the plan of a budget schedule."""
+        o = self.options
+        return (None if o.epochs is None else o.epochs * self.n_batches), o.max_time
 
     # --- state ---------------------------------------------------------------------------------------
     def _state(self) -> Dict[str, Any]:
         return {"training": {
             "options": self.options.to_dict(),
-            "train_state_dict": {k: v.detach().clone() for k, v in self.potential.network.state_dict().items()},
+            "train_state_dict": {k: v.detach().cpu().clone() for k, v in self.potential.network.state_dict().items()},
             "optimizer": self.optimizer.state_dict(),
             "schedule": self.schedule.state_dict(),
             "rng": {"torch": torch.get_rng_state(), "shuffle": self.generator.get_state()},
@@ -448,10 +473,14 @@ class Trainer:
         self.ema.network.load_state_dict(upgrade_state_dict(payload["config"], payload["state_dict"]))
         self.optimizer.load_state_dict(t["optimizer"])
         self.schedule.load_state_dict(t["schedule"])
+        if isinstance(self.schedule, BudgetSchedule):
+            stored = self.schedule.plan()
+            if self.schedule.replan(*self._budget()):
+                self.replanned_from = stored
         torch.set_rng_state(t["rng"]["torch"])
         self.generator.set_state(t["rng"]["shuffle"])
         self.epoch, self.batch_in_epoch, self.order = int(t["epoch"]), int(t["batch_in_epoch"]), t["order"]
-        self.sums, self.elapsed = dict(t["sums"]), float(t["elapsed_s"])
+        self.sums, self.elapsed = {"atoms": 0, **t["sums"]}, float(t["elapsed_s"])
         self.history, self.best_loss = [dict(r) for r in t["history"]], float(t["best_valid_loss"])
 
     def _save(self, name: str, with_state: bool) -> None:
@@ -467,8 +496,8 @@ class Trainer:
     # --- steps ---------------------------------------------------------------------------------------
     def _step(self, indices: torch.Tensor) -> None:
         o = self.options
-        batch = collate([self.train_graphs[k] for k in indices.tolist()])
-        lr = self.schedule.lr()
+        batch = to_device(collate([self.train_graphs[k] for k in indices.tolist()]), self.device)
+        lr = self.schedule.lr(self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         out = self.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"], batch["idx_j"],
@@ -514,8 +543,9 @@ class Trainer:
     def run(self) -> Path:
         o = self.options
         n, bs = len(self.train_graphs), o.batch_size
-        n_batches = math.ceil(n / bs)
+        n_batches = self.n_batches
         pending = sorted(t for t in o.snapshot_times if t > self.elapsed)
+        self._report(self.startup_summary())
         if not (self._epochs_left() and self._time_left()):
             print(f"{self.out}: the run already reached its end ({self.epoch} epochs, {self.elapsed:.0f} s); "
                   f"raise --epochs or --max-time to train further")
@@ -533,6 +563,7 @@ class Trainer:
                 self.elapsed += dt
                 self.sums["seconds"] += dt
                 self.sums["structures"] += len(chunk)
+                self.sums["atoms"] += sum(self.train_sizes[k] for k in chunk.tolist())
                 while pending and self.elapsed >= pending[0]:
                     self._save(f"snapshot_{int(pending.pop(0))}s.ckpt", with_state=False)
                 if bar is not None:
@@ -550,6 +581,9 @@ class Trainer:
             self._end_epoch()
         if not (self.out / "best.ckpt").exists():
             self._save("best.ckpt", with_state=False)
+        if self.history:
+            self._write_metrics(plot=True)
+        self._report(self.final_summary())
         return self.out / "best.ckpt"
 
     def _end_epoch(self) -> None:
@@ -558,13 +592,14 @@ class Trainer:
         s = self.sums
         row = {
             "epoch": self.epoch + 1, "step": self.schedule.steps, "elapsed_s": round(self.elapsed, 3),
-            "lr": self.schedule.lr(), "train_loss": s["loss"] / max(s["n"], 1),
+            "lr": self.schedule.lr(self.elapsed), "train_loss": s["loss"] / max(s["n"], 1),
             "train_energy_rmse_meV_per_atom": 1000 * math.sqrt(s["e_mse"] / max(s["n"], 1)),
             "train_forces_rmse_meV_per_A": 1000 * math.sqrt(s["f_mse"] / max(s["n"], 1)),
             "valid_loss": metrics["loss"], "valid_energy_mae_meV": metrics["energy_mae_meV"],
             "valid_energy_mae_meV_per_atom": metrics["energy_mae_meV_per_atom"],
             "valid_forces_mae_meV_per_A": metrics["forces_mae_meV_per_A"] or float("nan"),
             "train_structures_per_s": s["structures"] / max(s["seconds"], 1e-9),
+            "train_atoms_per_s": s.get("atoms", 0) / max(s["seconds"], 1e-9),
         }
         if metrics.get("stress_rmse_GPa") is not None:
             row["valid_stress_rmse_GPa"] = metrics["stress_rmse_GPa"]
@@ -581,11 +616,92 @@ class Trainer:
                   f"E MAE {row['valid_energy_mae_meV']:.2f} meV, F MAE {row['valid_forces_mae_meV_per_A']:.1f} "
                   f"meV/A, lr {row['lr']:.2e}, {self.elapsed:.0f} s", flush=True)
 
+    # --- what the run does and did -------------------------------------------------------------------
+    def startup_summary(self) -> str:
+        """The data, the model and the plan, as the run starts (or resumes)."""
+        from ase.data import chemical_symbols
+        o, network = self.options, self.potential.network
+        numbers = np.concatenate([s.numbers for s in self.train_set])
+        elements = ", ".join(f"{chemical_symbols[z]} {int(np.sum(numbers == z))}" for z in network.config.elements)
+        periodic = sum(bool(np.any(s.pbc)) for s in self.train_set)
+        with_forces = sum(s.forces is not None for s in self.train_set)
+        with_stress = sum(getattr(s, "stress", None) is not None for s in self.train_set)
+        shifts = ", ".join(f"{chemical_symbols[z]} {float(mu):.4f}"
+                           for z, mu in zip(network.config.elements, network.energy_shift.tolist()))
+        parameters = sum(p.numel() for p in self.potential.parameters())
+        warmup = f"{o.warmup_steps} steps"
+        if isinstance(self.schedule, BudgetSchedule):
+            warmup += " or 5% of the budget, whichever is first"
+            if self.schedule.total_steps is not None:
+                warmup += f" (by step {min(o.warmup_steps, math.ceil(0.05 * (self.schedule.total_steps - 1)))})"
+        lines = [
+            f"{'resuming' if self.epoch or self.batch_in_epoch else 'training'} {self.out} "
+            f"(epoch {self.epoch}, {self.elapsed:.0f} s trained so far)",
+            f"  data: {len(self.train_set)} training, {len(self.valid_set)} validation"
+            + (f", {len(self.test_set)} test" if self.test_set is not None else "") + " structures; "
+            f"{'periodic' if periodic == len(self.train_set) else f'{periodic} periodic' if periodic else 'not periodic'}"
+            f"; forces in {with_forces}, stress in {with_stress} of the training structures",
+            f"  elements (atoms in the training set): {elements}",
+            f"  energy shifts mu_Z (eV): {shifts}; {self.shift_source}",
+            f"  model: preset {o.preset}, {parameters:,} parameters, {o.dtype}, on {self.device} with "
+            f"{torch.get_num_threads()} CPU thread(s)",
+            f"  {self.n_batches} batches of up to {o.batch_size} per epoch; warm-up {warmup}",
+            f"  schedule: {self.schedule.describe()}",
+            f"  EMA of the weights (validated and saved): decay {o.ema_decay:g}, an average over the last "
+            f"~{1 / max(1 - o.ema_decay, 1e-9):.0f} steps (over the last ~11% of the steps early in the run)",
+            f"  budget: {budget_text(o)}",
+        ]
+        if self.replanned_from is not None:
+            steps, seconds = self.replanned_from
+            old = " or ".join(([f"step {steps}"] if steps is not None else []) +
+                              ([f"{seconds:.0f} s"] if seconds is not None else []))
+            lines.append(f"  note: re-planned over the new budget (the run was planned to end at {old}); the "
+                         f"learning rate follows the new plan from here, now {self.schedule.lr(self.elapsed):.2e}")
+        return "\n".join(lines)
+
+    def final_summary(self) -> str:
+        """What the run did: length, throughput, best validation errors, test errors, convergence."""
+        rows = self.history
+        lines = [f"finished {self.out}: {self.epoch} epochs, {self.schedule.steps} steps, {self.elapsed:.0f} s of "
+                 f"training; final learning rate {self.schedule.lr(self.elapsed):.2e}"]
+        if rows:
+            rates = sorted(r["train_structures_per_s"] for r in rows)
+            atoms = sorted(r.get("train_atoms_per_s", float("nan")) for r in rows)
+            best = min(rows, key=lambda r: r["valid_loss"])
+            lines.append(f"  throughput: {rates[len(rates) // 2]:.1f} structures/s, {atoms[len(atoms) // 2]:.0f} "
+                         f"atoms/s (median over epochs)")
+            lines.append(f"  best validation (epoch {best['epoch']}): energy MAE {best['valid_energy_mae_meV']:.2f} "
+                         f"meV, force MAE {best['valid_forces_mae_meV_per_A']:.2f} meV/A")
+        if self.test_set is not None:
+            m = self.evaluate_test()
+            forces = (f", force MAE {m['forces_mae_meV_per_A']:.2f} meV/A, RMSE {m['forces_rmse_meV_per_A']:.2f} meV/A"
+                      if m["forces_mae_meV_per_A"] is not None else "")
+            lines.append(f"  test ({m['n_structures']} structures of {self.options.test}, best weights): energy MAE "
+                         f"{m['energy_mae_meV']:.2f} meV ({m['energy_mae_meV_per_atom']:.3f} meV/atom){forces}; "
+                         f"{self.out / 'test_errors.json'}")
+        verdict = convergence_statement(rows)
+        if verdict:
+            lines.append("  " + verdict)
+        return "\n".join(lines)
+
+    def evaluate_test(self) -> Dict[str, Any]:
+        """The best weights on --test, written to test_errors.json."""
+        from .evaluate import evaluate
+        metrics = evaluate(self.out / "best.ckpt", self.test_set, json_path=self.out / "test_errors.json")
+        return metrics
+
+    def _report(self, text: str) -> None:
+        """Print, and append to the run's summary.txt."""
+        print(text, flush=True)
+        path = self.out / "summary.txt"
+        old = path.read_text() if path.is_file() else ""
+        atomic_write(path, lambda tmp: open(tmp, "w").write(old + text + "\n"))
+
     def _running(self) -> str:
         s = self.sums
         k = max(s["n"], 1)
         return (f"loss {s['loss'] / k:.3g} E {1000 * math.sqrt(s['e_mse'] / k):.1f} meV/at "
-                f"F {1000 * math.sqrt(s['f_mse'] / k):.0f} meV/A lr {self.schedule.lr():.1e}")
+                f"F {1000 * math.sqrt(s['f_mse'] / k):.0f} meV/A lr {self.schedule.lr(self.elapsed):.1e}")
 
     def _bar(self, total: int):
         if not self.options.progress:
@@ -595,7 +711,8 @@ class Trainer:
         desc = f"epoch {self.epoch + 1}" + (f" (valid F MAE {last['valid_forces_mae_meV_per_A']:.0f})" if last else "")
         return tqdm(total=total, initial=self.batch_in_epoch, desc=desc, unit="batch", leave=False)
 
-    def _write_metrics(self) -> None:
+    def _write_metrics(self, plot: bool = False) -> None:
+        """metrics.csv; learning_curve.png when `plot` or PLOT_EVERY_S have passed since the last."""
         rows = self.history
         keys = list(rows[0])
 
@@ -605,7 +722,40 @@ class Trainer:
                 w.writeheader()
                 w.writerows(rows)
         atomic_write(self.out / "metrics.csv", write)
-        plot_learning_curve(self.out / "learning_curve.png", rows)
+        if plot or time.perf_counter() - self.last_plot >= PLOT_EVERY_S:
+            plot_learning_curve(self.out / "learning_curve.png", rows)
+            self.last_plot = time.perf_counter()
+
+
+def budget_text(options: TrainOptions) -> str:
+    parts = []
+    if options.epochs is not None:
+        parts.append(f"{options.epochs} epochs")
+    if options.max_time is not None:
+        parts.append(f"{options.max_time:.0f} s of training (--max-time)")
+    return " or ".join(parts) + (", whichever ends first" if len(parts) == 2 else "")
+
+
+def convergence_statement(rows: List[Dict[str, float]]) -> Optional[str]:
+    """A plain statement when the validation error was still falling at the end: the best of the
+    last 10% of epochs (at least one) more than STILL_IMPROVING below the best before them. The
+    force MAE when there are forces, else the validation loss. None when converged by this test
+    or when there are fewer than 10 epochs to judge by."""
+    if len(rows) < 10:
+        return None
+    key = "valid_forces_mae_meV_per_A"
+    if not all(math.isfinite(r[key]) for r in rows):
+        key = "valid_loss"
+    tail = max(1, len(rows) // 10)
+    before = min(r[key] for r in rows[:-tail])
+    after = min(r[key] for r in rows[-tail:])
+    gain = (before - after) / before if before > 0 else 0.0
+    if gain <= STILL_IMPROVING:
+        return None
+    what = "force MAE" if key.startswith("valid_forces") else "loss"
+    return (f"not converged: the validation {what} still fell by {100 * gain:.0f}% over the last {tail} of "
+            f"{len(rows)} epochs (more than {100 * STILL_IMPROVING:.0f}%); a longer run (--max-time / --epochs, "
+            f"a new run or --resume with a larger budget) would give a more accurate model")
 
 
 def plot_learning_curve(path, rows: List[Dict[str, float]]) -> None:

@@ -8,7 +8,8 @@ from typing import Any, Dict
 # Flags whose value (when given) overrides the config file's `training:` section.
 TRAINING_FLAGS = ("valid", "valid_fraction", "preset", "max_time", "epochs", "seed", "energy_key", "forces_key",
                   "energy_unit", "length_unit", "batch_size", "lr", "optimizer", "energy_weight", "forces_weight",
-                  "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads", "stress_weight")
+                  "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads", "stress_weight",
+                  "schedule", "min_lr", "test", "device")
 # The type of each value a config file's `training:` section may set (None: may also be null).
 TRAINING_TYPES: Dict[str, Any] = {
     "valid": (str, None), "valid_fraction": float, "preset": str, "max_time": ((int, float, str), None),
@@ -16,7 +17,8 @@ TRAINING_TYPES: Dict[str, Any] = {
     "length_unit": str, "batch_size": int, "lr": float, "optimizer": str, "energy_weight": float,
     "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
     "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
-    "threads": (int, None), "energy_only": bool, "stress_weight": float,
+    "threads": (int, None), "energy_only": bool, "stress_weight": float, "schedule": str, "test": (str, None),
+    "device": str,
 }
 # A run folder's config.yaml carries the run's own bookkeeping: not a recipe.
 BOOKKEEPING_KEYS = ("train", "out", "resume", "progress", "snapshot_times", "model", "given", "overwrite")
@@ -56,12 +58,18 @@ def register(subparsers) -> None:
     p.add_argument("--stress-weight", type=float, help="weight of the (eV/atom)^2 virial error, i.e. the stress "
                    "error times the volume per atom, on frames with stress/virial labels (default 1000: 0.1 GPa "
                    "in water weighs like 20 meV/A of force error; 0: off)")
-    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--warmup-steps", type=int, help="default 200, or 5%% of the budget when that is shorter")
+    p.add_argument("--schedule", choices=["cosine", "exponential", "plateau"],
+                   help="learning rate: cosine (default) or exponential decay to --min-lr planned over the budget "
+                        "(--epochs/--max-time), or plateau: decay when the validation loss stalls")
+    p.add_argument("--min-lr", type=float, help="the schedule's floor (default 1e-5)")
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--grad-clip", type=float)
     p.add_argument("--isolated-atoms", help="extended XYZ of single atoms: per-element energy shifts")
     p.add_argument("--dtype", choices=["float32", "float64"], help="training precision (default float32)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: up to 2)")
+    p.add_argument("--device", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--test", help="test data: evaluated with the best weights at the end (test_errors.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; one line per epoch")
     p.set_defaults(func=main)
 

@@ -77,10 +77,19 @@ def tune_glibc_malloc() -> bool:
     """With SO3KRATES_MALLOC_TUNING=1, keep freed memory in the process (no mmap for large blocks,
     no trimming). Returns whether the settings were applied; a no-op otherwise, under tcmalloc and
     off glibc."""
+    if os.environ.get(TUNING_OPT_OUT) != "1":
+        return _tuned
+    return keep_freed_memory()
+
+
+def keep_freed_memory() -> bool:
+    """The glibc settings of tune_glibc_malloc without the opt-in: for training, whose batches are
+    small and of fixed size, so the heap stays small (benchmarks/training_throughput.py). A no-op
+    under tcmalloc and off glibc; SO3KRATES_MALLOC_TUNING=0 turns it off."""
     global _tuned
     if _tuned:
         return True
-    if os.environ.get(TUNING_OPT_OUT) != "1" or is_preloaded():
+    if os.environ.get(TUNING_OPT_OUT) == "0" or is_preloaded():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt

@@ -251,8 +251,9 @@ def test_train_out_below_a_file(capsys, data, tmp_path):
 def test_train_refuses_a_folder_with_any_earlier_run_file(capsys, data, run, tmp_path):
     out = copy_run(run, tmp_path / "old")
     (out / "last.ckpt").unlink()
-    (out / "best.ckpt").unlink()       # only config.yaml, metrics.csv and the plot are left
-    fails(capsys, train_args(data, out), "already holds a run (config.yaml, learning_curve.png, metrics.csv)",
+    (out / "best.ckpt").unlink()       # only config.yaml, metrics.csv, the plot and the summary are left
+    fails(capsys, train_args(data, out),
+          "already holds a run (config.yaml, learning_curve.png, metrics.csv, summary.txt)",
           "--resume", "--overwrite")
 
 
@@ -316,7 +317,7 @@ def test_invalid_training_numbers(capsys, data, tmp_path, flags, phrase):
 
 @pytest.mark.parametrize("text, phrases", [
     ("training:\n  batchsize: 4\n", ["unknown key 'batchsize' in `training:`", "did you mean 'batch_size'?",
-                                     "valid keys: batch_size, dtype,"]),
+                                     "valid keys: batch_size, device, dtype,"]),
     ("model:\n  feature: 16\n", ["unknown key 'feature' in `model:`", "did you mean 'features'?"]),
     ("trainng:\n  lr: 0.1\nmodel: {}\n", ["unknown section 'trainng'", "did you mean 'training'?"]),
     ("training:\n  lr: fast\n", ["`training: lr` must be number, got 'fast' (str)"]),

@@ -1,5 +1,6 @@
 """Training: the validation loss goes down, resume == uninterrupted, checkpoints load with weights_only."""
 import hashlib
+import json
 import math
 
 import numpy as np
@@ -46,8 +47,12 @@ def test_training_lowers_validation_loss(data, tmp_path):
 
 
 def test_resume_equals_uninterrupted_and_checkpoints_are_weights_only(data, tmp_path):
+    """A run planned for 3 epochs, stopped after 1 (as by Ctrl-C) and resumed, keeps its
+    learning-rate plan: the same weights and learning rates as the uninterrupted run."""
     train(options(data, tmp_path / "full", epochs=3))
-    train(options(data, tmp_path / "cut", epochs=1))
+    cut = Trainer(options(data, tmp_path / "cut", epochs=3))
+    cut.options.epochs = 1
+    cut.run()
     train(options(data, tmp_path / "cut", epochs=3, resume=True))
     a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
@@ -57,6 +62,8 @@ def test_resume_equals_uninterrupted_and_checkpoints_are_weights_only(data, tmp_
     for name, value in a["training"]["train_state_dict"].items():
         torch.testing.assert_close(value, b["training"]["train_state_dict"][name], rtol=1e-6, atol=1e-7)
     assert a["training"]["epoch"] == b["training"]["epoch"] == 3
+    assert [r["lr"] for r in a["training"]["history"]] == [r["lr"] for r in b["training"]["history"]]
+    assert a["training"]["schedule"]["total_steps"] == b["training"]["schedule"]["total_steps"] == 27
     # Provenance: the training data hash, and the config, are inside the checkpoint.
     assert a["metadata"]["training_data_sha256"] == hashlib.sha256(data.read_bytes()).hexdigest()
     network, payload = network_from_checkpoint(tmp_path / "full" / "best.ckpt")
@@ -116,3 +123,44 @@ def test_average_neighbour_count_from_the_data(data):
                      for s in structures])
     assert config.avg_num_neighbors == pytest.approx(brute)
     assert math.isclose(len(neighbor_pairs(structures[0], config.cutoff)[0]) % 2, 0)
+
+
+def test_budgeted_run_reaches_the_floor_summarises_and_evaluates_the_test_set(data, tmp_path):
+    """--epochs 3 with the default warm-up of 200 steps (27 steps in all): warm-up ends inside the
+    budget, the last step uses the floor lr; throughput in metrics.csv; the summary and --test."""
+    trainer = Trainer(options(data, tmp_path / "run", epochs=3, warmup_steps=200, min_lr=1e-4, test=str(data)))
+    used = []
+    step = trainer._step
+    trainer._step = lambda indices: (step(indices), used.append(trainer.optimizer.param_groups[0]["lr"]))
+    trainer.run()
+    assert len(used) == 3 * trainer.n_batches == 27
+    assert used[-1] == pytest.approx(1e-4, rel=1e-9) and max(used) > 0.9e-2
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    last = dict(zip(header, rows[-1].split(",")))
+    assert float(last["train_atoms_per_s"]) == pytest.approx(9 * float(last["train_structures_per_s"]))
+    summary = (tmp_path / "run" / "summary.txt").read_text()
+    for part in ("18 training, 6 validation, 24 test structures", "not periodic", "forces in 18",
+                 "H 108, C 36, O 18", "least squares", "parameters", "9 batches of up to 2 per epoch",
+                 "cosine decay planned over the budget", "reached at step 27", "structures/s", "atoms/s",
+                 "test (24 structures"):
+        assert part in summary, (part, summary)
+    errors = json.loads((tmp_path / "run" / "test_errors.json").read_text())
+    assert errors["n_structures"] == 24 and errors["forces_mae_meV_per_A"] > 0
+    assert f"{errors['energy_mae_meV']:.2f} meV" in summary
+
+
+def test_cli_schedule_device_and_test_flags(data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    assert cli(["train", "--train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1",
+                "--schedule", "plateau", "--device", "cpu", "--quiet"]) == 0
+    assert "schedule: plateau" in capsys.readouterr().out
+    if not torch.cuda.is_available():
+        assert cli(["train", "--train", str(data), "--out", str(tmp_path / "gpu"), "--preset", "tiny", "--epochs",
+                    "1", "--device", "cuda", "--quiet"]) == 1
+        err = capsys.readouterr().err
+        assert "--device cuda: no CUDA device is available" in err and "--device cpu" in err
+        assert len(err.strip().splitlines()) == 1
+    assert cli(["train", "--train", str(data), "--out", str(tmp_path / "t"), "--preset", "tiny", "--epochs", "1",
+                "--test", str(tmp_path / "missing.xyz"), "--quiet"]) == 1
+    assert not (tmp_path / "t" / "last.ckpt").exists()   # refused before training
