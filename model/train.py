@@ -189,8 +189,8 @@ RUN_FILES = ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "learning_c
 # The end-of-training statement: a run is called not converged when the best validation force error
 # (the loss without forces) of its last 10% of epochs is more than this fraction below the best before.
 STILL_IMPROVING = 0.05
-# learning_curve.png is redrawn at most this often (and at the end): drawing it costs about 0.3 s of
-# CPU, a tenth of an rMD17 ethanol epoch.
+# learning_curve.png is redrawn at most this often (and at the end): drawing it costs about a second
+# of CPU with 200 epochs, against 12 CPU seconds of steps per rMD17 ethanol epoch (docs/benchmarks.md).
 PLOT_EVERY_S = 60.0
 # What a resumed run may change: how long it trains and how it reports. Everything else is the
 # run's recipe, kept as it started; the data files are checked by their sha256.
