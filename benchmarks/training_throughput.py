@@ -103,7 +103,8 @@ def main() -> int:
         for variant, t in totals.items():
             row = {"data": name, "variant": variant, "structures": t["structures"],
                    "atoms_per_structure": t["atoms"] / t["structures"],
-                   "structures_per_s_wall": t["structures"] / t["wall"], "structures_per_s_cpu": t["structures"] / t["cpu"],
+                   "structures_per_s_wall": t["structures"] / t["wall"],
+                   "structures_per_s_cpu": t["structures"] / t["cpu"],
                    "atoms_per_s_wall": t["atoms"] / t["wall"]}
             rows.append(row)
             print(f"{name:8s} {variant:24s} {row['structures_per_s_wall']:7.1f} structures/s wall, "

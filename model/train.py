@@ -564,6 +564,8 @@ class Trainer:
         numbers = np.concatenate([s.numbers for s in self.train_set])
         elements = ", ".join(f"{chemical_symbols[z]} {int(np.sum(numbers == z))}" for z in network.config.elements)
         periodic = sum(bool(np.any(s.pbc)) for s in self.train_set)
+        periodicity = ("periodic" if periodic == len(self.train_set) else f"{periodic} periodic" if periodic
+                       else "not periodic")
         with_forces = sum(s.forces is not None for s in self.train_set)
         with_stress = sum(getattr(s, "stress", None) is not None for s in self.train_set)
         shifts = ", ".join(f"{chemical_symbols[z]} {float(mu):.4f}"
@@ -579,7 +581,7 @@ class Trainer:
             f"(epoch {self.epoch}, {self.elapsed:.0f} s trained so far)",
             f"  data: {len(self.train_set)} training, {len(self.valid_set)} validation"
             + (f", {len(self.test_set)} test" if self.test_set is not None else "") + " structures; "
-            f"{'periodic' if periodic == len(self.train_set) else f'{periodic} periodic' if periodic else 'not periodic'}"
+            f"{periodicity}"
             f"; forces in {with_forces}, stress in {with_stress} of the training structures",
             f"  elements (atoms in the training set): {elements}",
             f"  energy shifts mu_Z (eV): {shifts}; {self.shift_source}",
