@@ -71,6 +71,8 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=20, help="batches of 16 per variant and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--profile", action="store_true")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
+                   help=f"a subset of: {'; '.join(VARIANTS)} (default: all)")
     p.add_argument("--json", default=str(HERE / "results" / "training_throughput.json"))
     p.add_argument("--worker", nargs=2, metavar=("DATA", "THREADS"), help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -89,9 +91,10 @@ def main() -> int:
         return 0
     rows, load_before = [], os.getloadavg()
     for name in args.data:
-        totals = {v: {"wall": 0.0, "cpu": 0.0, "structures": 0, "atoms": 0} for v in VARIANTS}
+        totals = {v: {"wall": 0.0, "cpu": 0.0, "structures": 0, "atoms": 0} for v in args.variants}
         for _ in range(args.rounds):
-            for variant, (tuning, threads) in VARIANTS.items():
+            for variant in args.variants:
+                tuning, threads = VARIANTS[variant]
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads), SO3KRATES_MALLOC_TUNING=tuning)
                 out = subprocess.run([sys.executable, __file__, "--worker", name, str(threads), "--steps",
                                       str(args.steps)], env=env, capture_output=True, text=True, check=True)
@@ -100,7 +103,8 @@ def main() -> int:
         for variant, t in totals.items():
             row = {"data": name, "variant": variant, "structures": t["structures"],
                    "atoms_per_structure": t["atoms"] / t["structures"],
-                   "structures_per_s_wall": t["structures"] / t["wall"], "structures_per_s_cpu": t["structures"] / t["cpu"],
+                   "structures_per_s_wall": t["structures"] / t["wall"],
+                   "structures_per_s_cpu": t["structures"] / t["cpu"],
                    "atoms_per_s_wall": t["atoms"] / t["wall"]}
             rows.append(row)
             print(f"{name:8s} {variant:24s} {row['structures_per_s_wall']:7.1f} structures/s wall, "
@@ -112,7 +116,7 @@ def main() -> int:
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()), "torch": torch.__version__,
               "steps": args.steps, "rounds": args.rounds, "rows": rows}
-    record_run(args.json, result, {"data": sorted(args.data)})
+    record_run(args.json, result, {"data": sorted(args.data), "variants": sorted(args.variants)})
     print(f"wrote {args.json}")
     return 0
 

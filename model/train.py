@@ -239,8 +239,8 @@ RUN_FILES = ("last.ckpt", "best.ckpt", "config.yaml", "metrics.csv", "learning_c
 # The end-of-training statement: a run is called not converged when the best validation force error
 # (the loss without forces) of its last 10% of epochs is more than this fraction below the best before.
 STILL_IMPROVING = 0.05
-# learning_curve.png is redrawn at most this often (and at the end): drawing it costs about 0.3 s of
-# CPU, a tenth of an rMD17 ethanol epoch.
+# learning_curve.png is redrawn at most this often (and at the end): drawing it costs about a second
+# of CPU with 200 epochs, against 12 CPU seconds of steps per rMD17 ethanol epoch (docs/benchmarks.md).
 PLOT_EVERY_S = 60.0
 # What a resumed run may change: how long it trains and how it reports. Everything else is the
 # run's recipe, kept as it started; the data files are checked by their sha256.
@@ -624,6 +624,8 @@ class Trainer:
         numbers = np.concatenate([s.numbers for s in self.train_set])
         elements = ", ".join(f"{chemical_symbols[z]} {int(np.sum(numbers == z))}" for z in network.config.elements)
         periodic = sum(bool(np.any(s.pbc)) for s in self.train_set)
+        periodicity = ("periodic" if periodic == len(self.train_set) else f"{periodic} periodic" if periodic
+                       else "not periodic")
         with_forces = sum(s.forces is not None for s in self.train_set)
         with_stress = sum(getattr(s, "stress", None) is not None for s in self.train_set)
         shifts = ", ".join(f"{chemical_symbols[z]} {float(mu):.4f}"
@@ -639,7 +641,7 @@ class Trainer:
             f"(epoch {self.epoch}, {self.elapsed:.0f} s trained so far)",
             f"  data: {len(self.train_set)} training, {len(self.valid_set)} validation"
             + (f", {len(self.test_set)} test" if self.test_set is not None else "") + " structures; "
-            f"{'periodic' if periodic == len(self.train_set) else f'{periodic} periodic' if periodic else 'not periodic'}"
+            f"{periodicity}"
             f"; forces in {with_forces}, stress in {with_stress} of the training structures",
             f"  elements (atoms in the training set): {elements}",
             f"  energy shifts mu_Z (eV): {shifts}; {self.shift_source}",

@@ -164,3 +164,35 @@ def test_cli_schedule_device_and_test_flags(data, tmp_path, capsys):
     assert cli(["train", "--train", str(data), "--out", str(tmp_path / "t"), "--preset", "tiny", "--epochs", "1",
                 "--test", str(tmp_path / "missing.xyz"), "--quiet"]) == 1
     assert not (tmp_path / "t" / "last.ckpt").exists()   # refused before training
+
+
+def test_kept_freed_memory_gives_the_same_loss_and_gradients(data, tmp_path):
+    """The training step with glibc keeping freed memory (the default) and without it
+    (SO3KRATES_MALLOC_TUNING=0), each in its own process: the same loss and gradients, bit for bit."""
+    import os
+    import subprocess
+    import sys
+    script = (
+        "import sys, torch\n"
+        "from so3krates.model.train import TrainOptions, Trainer, loss_terms\n"
+        "from so3krates.model.data import collate\n"
+        f"t = Trainer(TrainOptions(train={str(data)!r}, out=sys.argv[1], preset='tiny', epochs=1, seed=3, "
+        "threads=1, progress=False))\n"
+        "b = collate(t.train_graphs[:8])\n"
+        "out = t.potential.evaluate_edges(b['positions'], b['species'], b['idx_i'], b['idx_j'], b['shifts'], "
+        "b['batch'], b['num_graphs'], -1, True, False, True)\n"
+        "loss = loss_terms(out, b, t.options)[0]\n"
+        "loss.backward()\n"
+        "import so3krates.allocator as a\n"
+        "torch.save({'tuned': a._tuned, 'loss': loss.detach(), "
+        "'grads': [p.grad for p in t.potential.parameters()]}, sys.argv[2])\n")
+    results = []
+    for tuning in ("", "0"):
+        out = tmp_path / f"grads{tuning}.pt"
+        env = dict(os.environ, SO3KRATES_MALLOC_TUNING=tuning, OMP_NUM_THREADS="1")
+        subprocess.run([sys.executable, "-c", script, str(tmp_path / f"run{tuning}"), str(out)], env=env, check=True)
+        results.append(torch.load(out, weights_only=True))
+    assert results[0]["tuned"] is True and results[1]["tuned"] is False
+    assert torch.equal(results[0]["loss"], results[1]["loss"])
+    grads = [(a, b) for a, b in zip(results[0]["grads"], results[1]["grads"]) if a is not None or b is not None]
+    assert len(grads) > 10 and all(torch.equal(a, b) for a, b in grads)
