@@ -3,7 +3,7 @@
 An exported file carries its own TorchScript code, so a file written before a change keeps the old
 code. Write one with the current code, change the code, write another, compare:
 
-    python benchmarks/compare_exports.py --write before.pt [--dtype float64] [--seed 0]
+    python benchmarks/compare_exports.py --write before.pt [--dtype float64] [--seed 0] [--fused 0|1]
     ... edit model/ ...
     python benchmarks/compare_exports.py --write after.pt [--dtype float64] [--seed 0]
     python benchmarks/compare_exports.py before.pt after.pt [--molecules 512] [--repeat 8] [--threads 1]
@@ -25,14 +25,14 @@ import torch
 from ase.calculators.calculator import all_changes
 
 
-def write(path: str, dtype: str, seed: int) -> None:
+def write(path: str, dtype: str, seed: int, fused: bool = True) -> None:
     from so3krates.export import export_model
     from so3krates.model import So3krates
     from so3krates.model.config import preset
     torch.manual_seed(seed)
     network = So3krates(preset("default", elements=[1, 6, 7, 8], dtype=dtype))
-    export_model(network, path, dtype=dtype)
-    print(f"wrote {path} ({dtype}, default preset, seed {seed})")
+    export_model(network, path, dtype=dtype, fused=fused)
+    print(f"wrote {path} ({dtype}, default preset, seed {seed}, fused {int(fused)})")
 
 
 def compare(paths, molecules: int, repeat: int) -> None:
@@ -68,13 +68,14 @@ def main():
     ap.add_argument("--write", metavar="PATH", help="export the current code's model to PATH instead")
     ap.add_argument("--dtype", default="float64", choices=["float32", "float64"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--fused", type=int, choices=[0, 1], default=1, help="with --write: the export's --fused")
     ap.add_argument("--molecules", type=int, default=512, help="water molecules in the box")
     ap.add_argument("--repeat", type=int, default=8)
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if args.write:
-        write(args.write, args.dtype, args.seed)
+        write(args.write, args.dtype, args.seed, bool(args.fused))
     elif len(args.files) == 2:
         compare(args.files, args.molecules, args.repeat)
     else:

@@ -7,7 +7,8 @@ with --fused 0 and --fused 1, then evaluates periodic water boxes of about the g
 atoms, each in a fresh subprocess (1 thread, one at a time, plain and fused alternating): the
 resident memory before the call (model loaded, structure built), the peak resident memory after
 it (getrusage), and the time of the call. A run whose estimate (the per-atom peak of the same
-variant at the previous size) exceeds --max-gib is skipped and listed as such. Writes
+variant at the previous size: resident memory before the call plus the call's increase per atom
+times the atoms) exceeds --max-gib is skipped and listed as such. Writes
 benchmarks/results/memory.json.
 """
 from __future__ import annotations
@@ -93,10 +94,11 @@ def main() -> None:
             for variant in args.variants:
                 models[variant] = Path(tmp) / f"{dtype}-{variant}.pt"
                 export_model(network, models[variant], dtype=dtype, fused=variant == "fused")
-            per_atom_mb = {}
+            previous = {}   # variant -> (resident MB before the call, call MB per atom) at the last size
             for size in args.sizes:
                 for variant in args.variants:
-                    estimate_gib = per_atom_mb.get(variant, 0.0) * size / 1024
+                    before_mb, call_mb = previous.get(variant, (0.0, 0.0))
+                    estimate_gib = (before_mb + call_mb * size) / 1024
                     if estimate_gib > args.max_gib:
                         row = {"dtype": dtype, "variant": variant, "size": size,
                                "skipped": f"estimated {estimate_gib:.1f} GiB > --max-gib {args.max_gib}"}
@@ -105,10 +107,10 @@ def main() -> None:
                         row = {"dtype": dtype, "variant": variant, "size": size,
                                **run_child(models[variant], max(size // 3, 1), calls)}
                         if "peak_rss_mb" in row:
-                            per_atom_mb[variant] = row["peak_rss_mb"] / row["atoms"]
                             row["peak_mb_per_atom"] = row["peak_rss_mb"] / row["atoms"]
                             row["call_mb_per_atom"] = (row["peak_rss_mb"] - row["rss_before_mb"]) / row["atoms"]
                             row["ms_per_call"] = 1000 * row["times_s"][-1]
+                            previous[variant] = (row["rss_before_mb"], row["call_mb_per_atom"])
                     rows.append(row)
                     print(json.dumps(row), flush=True)
     print(f"\n{'dtype':8} {'variant':7} {'atoms':>7} {'peak MB':>9} {'MB/atom':>8} {'call MB/atom':>12} {'ms/call':>9}")

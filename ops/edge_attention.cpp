@@ -71,31 +71,50 @@ struct Problem {
   int64_t receiver(int64_t e, int dir) const { return dir == 0 ? idx_i[e] : idx_j[e]; }
   int64_t sender(int64_t e, int dir) const { return dir == 0 ? idx_j[e] : idx_i[e]; }
 
-  // s_h = sum_d q[a,h,d] w[e,h,d] k[b,h,d], in the plain path's order (q * w) * k.
+  // s_h = sum_d q[a,h,d] w[e,h,d] k[b,h,d], each term in the plain path's order (q * w) * k; the
+  // sum is vectorised (its order differs from the plain path's by round-off only).
   void products(int64_t e, int64_t a, int64_t b, scalar_t *s) const {
     const scalar_t *qa = q + a * features, *kb = k + b * features, *we = w + e * features;
     for (int64_t h = 0; h < heads; ++h) {
       scalar_t sum = 0;
+_Pragma("omp simd reduction(+ : sum)")
       for (int64_t d = h * width; d < (h + 1) * width; ++d) sum += qa[d] * we[d] * kb[d];
       s[h] = sum;
     }
   }
 
-  // value(a <- b)[col] of the message over edge e in direction dir.
-  scalar_t value(int64_t e, int dir, int64_t b, int64_t col) const {
-    if (values_per_edge) {
-      const scalar_t v = values[e * value_width + col];
-      return dir == 0 ? v : v * parity[col];
+  // The value row of the message over edge e in direction dir from sender b, and whether its
+  // columns take the parity sign (an edge's Y(u_ij) read for j <- i).
+  const scalar_t *value_row(int64_t e, int64_t b) const {
+    return values + (values_per_edge ? e : b) * value_width;
+  }
+  bool signed_values(int dir) const { return values_per_edge && dir == 1; }
+
+  // target[col] += factor * value[col] over the head's columns (with the parity sign where due).
+  void add_value(scalar_t *target, scalar_t factor, const scalar_t *row, bool sign, int64_t h) const {
+    const int64_t lo = segments[h], hi = segments[h + 1];
+    if (sign) {
+_Pragma("omp simd")
+      for (int64_t col = lo; col < hi; ++col) target[col] += factor * row[col] * parity[col];
+    } else {
+_Pragma("omp simd")
+      for (int64_t col = lo; col < hi; ++col) target[col] += factor * row[col];
     }
-    return values[b * value_width + col];
   }
 
   // g_h = sum over the head's columns of grad_out[a] * value.
   void value_products(int64_t e, int dir, int64_t a, int64_t b, const scalar_t *grad_out, scalar_t *g) const {
-    const scalar_t *ga = grad_out + a * value_width;
+    const scalar_t *ga = grad_out + a * value_width, *row = value_row(e, b);
+    const bool sign = signed_values(dir);
     for (int64_t h = 0; h < heads; ++h) {
       scalar_t sum = 0;
-      for (int64_t col = segments[h]; col < segments[h + 1]; ++col) sum += ga[col] * value(e, dir, b, col);
+      if (sign) {
+_Pragma("omp simd reduction(+ : sum)")
+        for (int64_t col = segments[h]; col < segments[h + 1]; ++col) sum += ga[col] * (row[col] * parity[col]);
+      } else {
+_Pragma("omp simd reduction(+ : sum)")
+        for (int64_t col = segments[h]; col < segments[h + 1]; ++col) sum += ga[col] * row[col];
+      }
       g[h] = sum;
     }
   }
@@ -185,10 +204,8 @@ Tensor edge_attention_forward(const Tensor &q_in, const Tensor &k_in, const Tens
           const int dir = by_receiver.direction[m];
           const int64_t b = p.sender(e, dir);
           p.products(e, a, b, s.data());
-          for (int64_t h = 0; h < p.heads; ++h) {
-            const scalar_t alpha = s[h] * p.scale[e];
-            for (int64_t col = p.segments[h]; col < p.segments[h + 1]; ++col) oa[col] += alpha * p.value(e, dir, b, col);
-          }
+          const scalar_t *row = p.value_row(e, b);
+          for (int64_t h = 0; h < p.heads; ++h) p.add_value(oa, s[h] * p.scale[e], row, p.signed_values(dir), h);
         }
       }
     });
@@ -229,6 +246,7 @@ std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Ten
             p.value_products(e, dir, a, b, go, g.data());
             for (int64_t h = 0; h < p.heads; ++h) {
               const scalar_t gs = g[h] * p.scale[e];
+_Pragma("omp simd")
               for (int64_t d = h * c; d < (h + 1) * c; ++d) dq_[a * F + d] += gs * p.w[e * F + d] * p.k[b * F + d];
             }
           }
@@ -251,16 +269,14 @@ std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Ten
               p.value_products(e, dir, a, b, go, g.data());
               for (int64_t h = 0; h < p.heads; ++h) {
                 const scalar_t gs = g[h] * p.scale[e];
+_Pragma("omp simd")
                 for (int64_t d = h * c; d < (h + 1) * c; ++d) dk_[b * F + d] += gs * p.w[e * F + d] * p.q[a * F + d];
               }
             }
             if (dv_) {
               p.products(e, a, b, s.data());
-              for (int64_t h = 0; h < p.heads; ++h) {
-                const scalar_t alpha = s[h] * p.scale[e];
-                for (int64_t col = p.segments[h]; col < p.segments[h + 1]; ++col)
-                  dv_[b * p.value_width + col] += alpha * go[a * p.value_width + col];
-              }
+              for (int64_t h = 0; h < p.heads; ++h)
+                p.add_value(dv_ + b * p.value_width, s[h] * p.scale[e], go + a * p.value_width, false, h);
             }
           }
       });
@@ -282,16 +298,11 @@ std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Ten
             for (int64_t h = 0; h < p.heads; ++h) {
               if (dw_) {
                 const scalar_t gs = g[h] * p.scale[e];
+_Pragma("omp simd")
                 for (int64_t d = h * c; d < (h + 1) * c; ++d) dw_[e * F + d] += gs * p.q[a * F + d] * p.k[b * F + d];
               }
               if (ds_) ds_[e] += g[h] * s[h];
-              if (dv_) {
-                const scalar_t alpha = s[h] * p.scale[e];
-                for (int64_t col = p.segments[h]; col < p.segments[h + 1]; ++col) {
-                  const scalar_t grad = alpha * go[a * p.value_width + col];
-                  dv_[e * p.value_width + col] += dir == 0 ? grad : grad * p.parity[col];
-                }
-              }
+              if (dv_) p.add_value(dv_ + e * p.value_width, s[h] * p.scale[e], go + a * p.value_width, dir == 1, h);
             }
           }
       });
