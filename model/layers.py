@@ -167,7 +167,7 @@ class InvariantAttention(nn.Module):
             q, k = fn.silu(q), fn.silu(k)
         if self.fused:
             # The values are the senders' rows of v, the same in both directions (parity 1).
-            return torch.ops.so3krates.edge_attention(q, k, w, phi * self.inv_norm, v, torch.ones_like(v[0]),
+            return torch.ops.so3krates.edge_attention(q, k, w, phi * self.inv_norm, v, v.new_ones([v.shape[1]]),
                                                       self.head_segments, idx_i, idx_j, x.shape[0], False, mirrored)
         w = w.view(-1, h, d)
         scale = (phi * self.inv_norm).unsqueeze(-1)
