@@ -16,6 +16,10 @@ def register(subparsers) -> None:
     p.add_argument("--radial-table", type=int, default=DEFAULT_POINTS, metavar="POINTS",
                    help=f"tabulate the radial filters on POINTS distances (default {DEFAULT_POINTS}; "
                         "0: exact filters, slower; docs/benchmarks.md)")
+    p.add_argument("--fused", type=int, choices=[0, 1], default=1,
+                   help="1 (default): the attention blocks' edge pass is the fused C++ operator "
+                        "so3krates::edge_attention (less memory, same numbers; no second derivatives); "
+                        "0: plain PyTorch")
     p.set_defaults(func=_export)
 
     p = subparsers.add_parser("info", help="print the metadata of an exported model")
@@ -27,10 +31,11 @@ def register(subparsers) -> None:
 def _export(args) -> int:
     from so3krates.model.outputs import check_output_file
     check_output_file(args.output, "-o")
-    meta = export_model(args.checkpoint, args.output, dtype=args.dtype, radial_table=args.radial_table)
+    meta = export_model(args.checkpoint, args.output, dtype=args.dtype, radial_table=args.radial_table,
+                        fused=bool(args.fused))
     print(f"wrote {args.output}: elements {meta['elements']}, cutoff {meta['cutoff_A']} A, "
           f"{meta['num_layers']} layers (interaction range {meta['interaction_range_A']} A), {meta['dtype']}, "
-          f"radial filters {_radial(meta)}")
+          f"radial filters {_radial(meta)}, edge pass {_edge_pass(meta)}")
     return 0
 
 
@@ -52,6 +57,7 @@ def _info(args) -> int:
         ("units", f"{meta['length_unit']}, {meta['energy_unit']}"),
         ("dtype", meta["dtype"]),
         ("radial filters", _radial(meta)),
+        ("edge pass", _edge_pass(meta)),
         ("created", meta.get("provenance", {}).get("created", "?")),
     ]
     if "training_data_sha256" in meta.get("provenance", {}):
@@ -65,3 +71,12 @@ def _info(args) -> int:
 def _radial(meta) -> str:
     radial = meta.get("radial_filters", {"kind": "exact"})
     return f"{radial['kind']} ({radial['points']} points)" if "points" in radial else radial["kind"]
+
+
+def _edge_pass(meta) -> str:
+    """How the attention blocks run, and for a fused model whether this process has the operator."""
+    if not meta.get("fused"):
+        return "plain PyTorch"
+    from so3krates.fused import load
+    state = "loaded" if load() else "NOT loaded here: rebuild so3krates or export with --fused 0"
+    return f"fused ({', '.join(meta.get('operators', []))}, {state})"

@@ -18,6 +18,7 @@ import torch
 
 import so3krates
 from so3krates.model.checkpoint import atomic_write, network_from_checkpoint
+from so3krates.model.layers import set_fused
 from so3krates.model.network import So3krates
 from so3krates.model.potential import Potential
 from so3krates.model.radial_table import DEFAULT_POINTS
@@ -32,7 +33,12 @@ class NotASo3kratesModel(ValueError):
     pass
 
 
-def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+# The custom operator a fused export calls (ops/edge_attention.cpp, so3krates/fused.py).
+FUSED_OPERATOR = "so3krates::edge_attention"
+
+
+def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str, Any]] = None,
+                   fused: bool = False) -> Dict[str, Any]:
     radial = ({"kind": "cubic Hermite table", "points": network.table_points} if network.tabulated
               else {"kind": "exact"})
     cfg = network.config
@@ -52,6 +58,10 @@ def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str
         "dtype": dtype,
         "energy_shifts_eV": {str(z): s for z, s in zip(cfg.elements, shifts)},
         "radial_filters": radial,
+        # The edge pass of the attention blocks: the fused C++ operator (inference only: no second
+        # derivatives), or plain PyTorch. `operators`: the custom operators a reader must load.
+        "fused": bool(fused),
+        "operators": [FUSED_OPERATOR] if fused else [],
         "config": {**cfg.to_dict(), "dtype": dtype},
         "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        **(provenance or {})},
@@ -59,12 +69,15 @@ def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str
 
 
 def export_model(source, output: str | os.PathLike, dtype: str = "float64",
-                 provenance: Optional[Dict[str, Any]] = None, radial_table: int = DEFAULT_POINTS) -> Dict[str, Any]:
+                 provenance: Optional[Dict[str, Any]] = None, radial_table: int = DEFAULT_POINTS,
+                 fused: bool = True) -> Dict[str, Any]:
     """Export a checkpoint path, a checkpoint dict or a So3krates network to ONE TorchScript file.
 
     radial_table: grid points of the tabulated radial filters (model/radial_table.py; faster, with a
     force error below 1e-7 of the largest force at the default, docs/benchmarks.md); 0 keeps the
-    exact radial branch."""
+    exact radial branch. fused: the attention blocks' edge pass is the C++ operator
+    so3krates::edge_attention (less memory, same numbers; readers must load it, which
+    `import so3krates` and the LAMMPS plugin do); False keeps plain PyTorch."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if radial_table and radial_table < 16:
@@ -79,7 +92,8 @@ def export_model(source, output: str | os.PathLike, dtype: str = "float64",
     network.config = network.config.replace(dtype=dtype)
     if radial_table and not network.tabulated:
         network.tabulate_radial_filters(radial_table)
-    metadata = build_metadata(network, dtype, {**payload_meta, **(provenance or {})})
+    set_fused(network, fused)
+    metadata = build_metadata(network, dtype, {**payload_meta, **(provenance or {})}, fused=fused)
     scripted = torch.jit.script(Potential(network))
     extra = {METADATA_FILE: json.dumps(metadata, indent=1)}
     atomic_write(output, lambda tmp: torch.jit.save(scripted, tmp, _extra_files=extra))
@@ -152,9 +166,17 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
     return metadata
 
 
+def require_operators(path: str | os.PathLike, metadata: Dict[str, Any]) -> None:
+    """A fused model needs its operator registered before torch.jit.load: say so in one line."""
+    if metadata.get("fused"):
+        from so3krates.fused import require
+        require(f"{path} (exported with --fused 1)")
+
+
 def load_exported(path: str | os.PathLike, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:
     from so3krates.allocator import tune_glibc_malloc
     metadata = read_metadata(path)
+    require_operators(path, metadata)
     tune_glibc_malloc()   # with SO3KRATES_MALLOC_TUNING=1 (so3krates/allocator.py)
     module = torch.jit.load(str(path), map_location=device)
     return module.eval(), metadata

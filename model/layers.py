@@ -141,7 +141,10 @@ class InvariantAttention(nn.Module):
 
     With `mirrored`, each edge (i, j) is a pair and the messages flow both ways, i <- j and
     j <- i, sharing the (symmetric) filter w_ij. qk_silu applies silu to queries and keys
-    (qk_non_linearity)."""
+    (qk_non_linearity). `fused` (set_fused; exports only): the edge pass is the C++ operator
+    so3krates::edge_attention (ops/edge_attention.cpp), same numbers without the edges x F tensors."""
+
+    __constants__ = ["fused"]   # a plain model's TorchScript code does not mention the operator
 
     def __init__(self, features: int, num_heads: int, normalization: float, per_head: bool = True,
                  qk_silu: bool = False):
@@ -153,6 +156,8 @@ class InvariantAttention(nn.Module):
         self.value = HeadProjection(features, num_heads, per_head)
         self.qk_silu = qk_silu
         self.inv_norm = 1.0 / normalization
+        self.fused = False
+        self.head_segments = [head * self.head_dim for head in range(num_heads + 1)]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor,
                 idx_i: torch.Tensor, idx_j: torch.Tensor, mirrored: bool) -> torch.Tensor:
@@ -160,6 +165,10 @@ class InvariantAttention(nn.Module):
         q, k, v = self.query(x), self.key(x), self.value(x)
         if self.qk_silu:
             q, k = fn.silu(q), fn.silu(k)
+        if self.fused:
+            # The values are the senders' rows of v, the same in both directions (parity 1).
+            return torch.ops.so3krates.edge_attention(q, k, w, phi * self.inv_norm, v, v.new_ones([v.shape[1]]),
+                                                      self.head_segments, idx_i, idx_j, x.shape[0], False, mirrored)
         w = w.view(-1, h, d)
         scale = (phi * self.inv_norm).unsqueeze(-1)
         out = torch.zeros_like(x)
@@ -176,7 +185,10 @@ class EuclideanAttention(nn.Module):
     """One head per degree (Eqs. 21 and 26): ev_i,l += sum_j phi(r_ij) alpha_ij^(l) Y_l(u_ij) with
     alpha_ij^(l) = sum_d (W_q x_i)_ld w_ij,ld (W_k x_j)_ld / nu'.
 
-    With `mirrored`, also j <- i, using Y_l(u_ji) = (-1)^l Y_l(u_ij) (`parity`)."""
+    With `mirrored`, also j <- i, using Y_l(u_ji) = (-1)^l Y_l(u_ij) (`parity`). `fused`: as in
+    InvariantAttention, with the edge's Y(u_ij) as the values of each degree's head."""
+
+    __constants__ = ["fused"]   # a plain model's TorchScript code does not mention the operator
 
     def __init__(self, features: int, num_degrees: int, normalization: float, per_head: bool = True,
                  qk_silu: bool = False):
@@ -187,6 +199,7 @@ class EuclideanAttention(nn.Module):
         self.key = HeadProjection(features, num_degrees, per_head)
         self.qk_silu = qk_silu
         self.inv_norm = 1.0 / normalization
+        self.fused = False
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor,
                 expand: torch.Tensor, parity: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
@@ -195,6 +208,11 @@ class EuclideanAttention(nn.Module):
         q, k = self.query(x), self.key(x)
         if self.qk_silu:
             q, k = fn.silu(q), fn.silu(k)
+        if self.fused:
+            # Each degree's head writes its 2l + 1 columns of sh: offsets from expand (n_D, S).
+            segments: List[int] = torch.cumsum(expand.sum(1), 0).to(torch.long).tolist()
+            return torch.ops.so3krates.edge_attention(q, k, w, phi * self.inv_norm, sh, parity.to(sh.dtype),
+                                                      [0] + segments, idx_i, idx_j, x.shape[0], True, mirrored)
         w = w.view(-1, n, c)
         scale = (phi * self.inv_norm).unsqueeze(-1)
         out = torch.zeros((x.shape[0], sh.shape[1]), dtype=sh.dtype, device=sh.device)
@@ -204,6 +222,19 @@ class EuclideanAttention(nn.Module):
             alpha = (gather(q, idx_j).view(-1, n, c) * w * gather(k, idx_i).view(-1, n, c)).sum(-1) * scale
             out.index_add_(0, idx_j, (alpha @ expand) * (sh * parity))
         return out
+
+
+def set_fused(module: nn.Module, fused: bool) -> int:
+    """Switch the attention blocks of `module` to the fused edge operator (or back); returns how
+    many blocks were switched. Inference only: its backward has no second derivative, so training
+    (forces in the loss) keeps the plain path."""
+    if fused:
+        from so3krates.fused import require
+        require("the fused edge pass")
+    blocks = [m for m in module.modules() if isinstance(m, (InvariantAttention, EuclideanAttention))]
+    for block in blocks:
+        block.fused = fused
+    return len(blocks)
 
 
 class ExchangeBlock(nn.Module):

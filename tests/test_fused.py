@@ -1,0 +1,231 @@
+"""The fused edge operator (so3krates::edge_attention, ops/edge_attention.cpp) against the plain
+PyTorch path of the attention blocks: the same numbers (1e-12 relative in float64), its gradients,
+the stages of the LAMMPS halo exchange, the export flag, loading in the three engines, and the
+message when the operator is missing."""
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+
+from conftest import ethanol, random_network, random_water, triclinic
+from so3krates import engines
+from so3krates.cli import main as cli
+from so3krates.export import export_model, load_model, read_metadata
+from so3krates.fused import LIBRARY_ENV, is_loaded
+from so3krates.model import Potential
+from so3krates.model.checkpoint import save_checkpoint
+from so3krates.model.layers import set_fused
+from so3krates.model.potential import half_pairs
+
+pytestmark = pytest.mark.skipif(not is_loaded(), reason="libso3krates_ops.so not built")
+
+TOLERANCE = 1e-12
+
+
+def pair(tabulated: bool, preset: str = "small", **options):
+    network = random_network(preset, "float64", **options)
+    if tabulated:
+        network.tabulate_radial_filters(256)
+    plain = Potential(network).eval()
+    fused = copy.deepcopy(plain)
+    assert set_fused(fused, True) == 2 * len(network.layers)
+    return plain, fused
+
+
+def inputs(atoms: Atoms):
+    periodic = bool(atoms.pbc.any())
+    return (torch.tensor(atoms.positions), torch.tensor(atoms.numbers),
+            torch.tensor(atoms.cell.array) if periodic else None, torch.tensor(atoms.pbc) if periodic else None)
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, what: str) -> None:
+    scale = float(a.abs().max()) if a.numel() else 0.0
+    err = float((a - b).abs().max()) if a.numel() else 0.0
+    assert err <= TOLERANCE * max(scale, 1e-300), f"{what}: {err:.3e} against {scale:.3e}"
+
+
+STRUCTURES = {"molecule": lambda: ethanol(), "periodic": lambda: random_water(12),
+              "triclinic": lambda: triclinic(random_water(12))}
+
+
+@pytest.mark.parametrize("tabulated", [False, True], ids=["exact", "tabulated"])
+@pytest.mark.parametrize("structure", sorted(STRUCTURES))
+def test_fused_equals_plain(structure, tabulated):
+    plain, fused = pair(tabulated, zbl_repulsion=True)
+    args = inputs(STRUCTURES[structure]())
+    a = plain.compute(*args, compute_virial=True)
+    b = fused.compute(*args, compute_virial=True)
+    assert a["forces"].abs().max() > 0
+    for key in ("energy", "energies", "forces", "virial"):
+        assert_close(a[key].detach(), b[key].detach(), key)
+
+
+def test_fused_full_list_and_qk_silu():
+    """The directed (not mirrored) edge pass and silu on queries and keys."""
+    plain, fused = pair(False, qk_non_linearity="silu", qkv_projections="full")
+    pos, z, cell, pbc = inputs(random_water(8, box=7.0))
+    idx_i, idx_j, shifts = plain.neighbors(pos, cell, pbc)
+    species = plain.species_index(z)
+    for module in (plain, fused):
+        module.vectors = module.edge_vectors(pos, idx_i, idx_j, shifts).requires_grad_(True)
+        module.energies = module.network(module.vectors, idx_i, idx_j, species, half_list=False)
+        module.grad, = torch.autograd.grad(module.energies.sum(), module.vectors)
+    assert_close(plain.energies.detach(), fused.energies.detach(), "energies")
+    assert_close(plain.grad, fused.grad, "dE/dr_ij")
+
+
+def test_fused_stages_match_plain():
+    """The stages of the LAMMPS halo exchange: layer t updates only the first num_receivers atoms
+    (the rest are ghosts whose state is read); mirrored messages into ghosts are dropped."""
+    plain, fused = pair(True)
+    pos, z, cell, pbc = inputs(random_water(12))
+    idx_i, idx_j, shifts = half_pairs(*plain.neighbors(pos, cell, pbc))
+    owned = 20
+    keep = idx_i < owned
+    idx_i, idx_j, shifts = idx_i[keep], idx_j[keep], shifts[keep]
+    species = plain.species_index(z)
+    results = []
+    for module in (plain, fused):
+        vectors = module.edge_vectors(pos, idx_i, idx_j, shifts).requires_grad_(True)
+        geometry = module.stage_geometry(vectors)
+        x, ev = module.stage_embed(species)
+        for t in range(module.num_layers):
+            x, ev = module.stage_layer(t, x, ev, geometry, idx_i, idx_j, owned)
+            # the ghosts' state as a neighbouring rank would send it: here, from the full evaluation
+            x = torch.cat([x, x.detach()[:1].expand(len(z) - owned, -1)])
+            ev = torch.cat([ev, ev.detach()[:1].expand(len(z) - owned, -1)])
+        energies = module.stage_readout(x[:owned], species, geometry, idx_i, idx_j)
+        grad, = torch.autograd.grad(energies.sum(), vectors)
+        results.append((energies.detach(), grad))
+    assert_close(results[0][0], results[1][0], "stage energies")
+    assert_close(results[0][1], results[1][1], "stage dE/dr_ij")
+
+
+def test_fused_edge_free_structure():
+    """Two atoms beyond the cutoff: no edges, the same energies, zero forces."""
+    plain, fused = pair(False)
+    atoms = Atoms("OH", positions=[[0, 0, 0], [10.0, 0, 0]])
+    a, b = plain.compute(*inputs(atoms)), fused.compute(*inputs(atoms))
+    assert_close(a["energies"].detach(), b["energies"].detach(), "energies")
+    assert float(b["forces"].abs().max()) == 0.0
+
+
+def test_fused_forces_and_virial_match_finite_differences():
+    """Forces = -dE/dR and virial = -dE/d(strain) of the fused model, by central differences."""
+    _, fused = pair(True)
+    atoms = triclinic(random_water(6, box=6.0))
+    pos, z, cell, pbc = inputs(atoms)
+    out = fused.compute(pos, z, cell, pbc, compute_virial=True)
+    h = 1e-5
+    energy = lambda p, c: float(fused.compute(p, z, c, pbc, compute_forces=False)["energy"])
+    for atom, axis in [(0, 0), (4, 2), (11, 1)]:
+        step = torch.zeros_like(pos)
+        step[atom, axis] = h
+        numeric = -(energy(pos + step, cell) - energy(pos - step, cell)) / (2 * h)
+        assert abs(numeric - float(out["forces"][atom, axis])) < 1e-6 * max(1.0, abs(numeric))
+    for a, b in [(0, 0), (1, 2), (2, 1)]:
+        strain = torch.zeros(3, 3, dtype=torch.float64)
+        strain[a, b] = h
+        deformed = [energy(pos @ (torch.eye(3, dtype=torch.float64) + s), cell @ (torch.eye(3, dtype=torch.float64) + s))
+                    for s in (strain, -strain)]
+        numeric = -(deformed[0] - deformed[1]) / (2 * h)
+        virial = out["virial"][0]
+        assert abs(numeric - float(0.5 * (virial[a, b] + virial[b, a]))) < 1e-6 * max(1.0, abs(numeric))
+
+
+@pytest.mark.parametrize("values_per_edge", [False, True], ids=["atom-values", "edge-values"])
+@pytest.mark.parametrize("mirrored", [False, True], ids=["directed", "mirrored"])
+def test_operator_gradcheck(values_per_edge, mirrored):
+    """The hand-written backward against finite differences of the operator, every input."""
+    g = torch.Generator().manual_seed(1)
+    atoms, edges, features, heads = 5, 9, 8, 2
+    segments = [0, 3, 8] if values_per_edge else [0, 4, 8]
+    q, k = (torch.randn(atoms, features, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    w = torch.randn(edges, features, generator=g, dtype=torch.float64, requires_grad=True)
+    scale = torch.rand(edges, generator=g, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(edges if values_per_edge else atoms, 8, generator=g, dtype=torch.float64, requires_grad=True)
+    parity = torch.tensor([-1.0] * 3 + [1.0] * 5, dtype=torch.float64)
+    idx_i = torch.randint(0, atoms, (edges,), generator=g)
+    idx_j = torch.randint(0, atoms, (edges,), generator=g)
+    op = lambda *t: torch.ops.so3krates.edge_attention(*t[:4], t[4], parity, segments, idx_i, idx_j, atoms,
+                                                       values_per_edge, mirrored)
+    assert torch.autograd.gradcheck(op, (q, k, w, scale, values))
+
+
+def test_second_derivatives_refused():
+    _, fused = pair(False)
+    pos, z, _, _ = inputs(ethanol())
+    with pytest.raises(RuntimeError, match="no second derivative.*--fused 0"):
+        out = fused.evaluate_edges(pos, fused.species_index(z), *fused.neighbors(pos), create_graph=True)
+        torch.autograd.grad(out["forces"].sum(), pos, allow_unused=True)
+
+
+def test_export_flag_and_metadata(tmp_path):
+    network = random_network("tiny", "float64")
+    fused_path, plain_path = tmp_path / "fused.pt", tmp_path / "plain.pt"
+    export_model(network, fused_path)                       # fused by default
+    export_model(network, plain_path, fused=False)
+    assert read_metadata(fused_path)["fused"] is True
+    assert read_metadata(fused_path)["operators"] == ["so3krates::edge_attention"]
+    assert read_metadata(plain_path)["fused"] is False and read_metadata(plain_path)["operators"] == []
+    fused, _ = load_model(fused_path)
+    plain, _ = load_model(plain_path)
+    # A plain file's code does not mention the operator: it loads where the operator is missing.
+    for module, calls in ((fused, True), (plain, False)):
+        for block in ("invariant_attention", "euclidean_attention"):
+            assert ("so3krates.edge_attention" in getattr(getattr(module.network.layers, "0"), block).code) is calls
+    args = inputs(ethanol())
+    assert_close(plain.compute(*args)["forces"], fused.compute(*args)["forces"], "forces")
+
+
+def test_cli_export_fused_0_and_info(tmp_path, capsys):
+    checkpoint = tmp_path / "model.ckpt"
+    save_checkpoint(checkpoint, random_network("tiny", "float64"))
+    for flag, expected in (("1", True), ("0", False)):
+        out = tmp_path / f"fused{flag}.pt"
+        assert cli(["export", str(checkpoint), "-o", str(out), "--fused", flag]) == 0
+        assert read_metadata(out)["fused"] is expected
+    assert cli(["info", str(tmp_path / "fused1.pt")]) == 0
+    assert "fused (so3krates::edge_attention, loaded)" in capsys.readouterr().out
+    assert cli(["info", str(tmp_path / "fused0.pt")]) == 0
+    assert "plain PyTorch" in capsys.readouterr().out
+
+
+def test_missing_operator_message(tmp_path):
+    """A fused file where the operator cannot be loaded: one line naming it and the fix, from the
+    loader (ASE, OpenMM, validate...) and from `so3krates info` (which still prints the metadata)."""
+    model = tmp_path / "fused.pt"
+    export_model(random_network("tiny", "float64"), model)
+    code = ("import sys\nfrom so3krates.export import load_model\nfrom so3krates.cli import main\n"
+            "try:\n    load_model(%r)\nexcept RuntimeError as exc:\n    print('ERROR', exc)\n"
+            "sys.exit(main(['info', %r]))\n" % (str(model), str(model)))
+    env = {**os.environ, LIBRARY_ENV: str(tmp_path / "missing.so")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    error = done.stdout.splitlines()[0]
+    assert error.startswith("ERROR") and "so3krates::edge_attention" in error and "not loaded" in error
+    assert "--fused 0" in error and "missing.so" in error
+    assert "NOT loaded here" in done.stdout
+
+
+@pytest.mark.parametrize("engine", ["ase", "openmm", "lammps"])
+def test_engines_run_fused_files(engine, tmp_path):
+    """The operator loads in all three engines: a fused file gives the plain file's numbers."""
+    network = random_network("tiny", "float64")
+    paths = {}
+    for fused in (True, False):
+        paths[fused] = str(tmp_path / f"{fused}.pt")
+        export_model(network, paths[fused], fused=fused)
+    atoms = random_water(8, box=7.0)
+    runner = engines.get(engine)
+    a, b = runner.single_point(paths[False], atoms), runner.single_point(paths[True], atoms)
+    assert np.isfinite(b["energy"]).all()
+    np.testing.assert_allclose(b["forces"], a["forces"], rtol=0, atol=1e-9 * np.abs(a["forces"]).max())
+    np.testing.assert_allclose(b["energy"], a["energy"], rtol=1e-12)
