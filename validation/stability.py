@@ -119,10 +119,16 @@ def is_periodic_liquid(atoms: Atoms) -> bool:
     return bool(np.all(atoms.pbc))
 
 
+# Bonded: closer than 1.2 x the sum of the covalent radii, the usual margin; without it ASE's O-H
+# (0.66 + 0.31 = 0.97 A) misses ethanol's 0.97 A hydroxyl bond, while the closest non-bonded pairs of
+# organic molecules (geminal H-H 1.8 A, 1-3 C-H 2.1 A) stay well beyond.
+BOND_RADII_FACTOR = 1.2
+
+
 def covalent_bonds(atoms: Atoms) -> np.ndarray:
-    """(B, 2) atom pairs i < j bonded in `atoms` by ASE's natural cutoffs (covalent radii)."""
+    """(B, 2) atom pairs i < j bonded in `atoms` by ASE's natural cutoffs (covalent radii) x BOND_RADII_FACTOR."""
     from ase.neighborlist import natural_cutoffs, neighbor_list
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms))
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=BOND_RADII_FACTOR))
     keep = i < j
     return np.stack([i[keep], j[keep]], axis=1)
 
