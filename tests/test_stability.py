@@ -19,6 +19,7 @@ def quiet(*_):
     pass
 
 
+@pytest.mark.slow   # 4,000 steps on OpenMM's Reference platform: 305 s at load 15-19 on 2 cores, ~35 s idle (estimate)
 def test_trained_model_is_stable_at_300K_and_reports_the_documented_keys(trained_ethanol, tmp_path):
     out, report_path, plot = tmp_path / "replicas", tmp_path / "stability.json", tmp_path / "stability.png"
     training_data = trained_ethanol.parent / "ethanol.xyz"
