@@ -18,6 +18,7 @@ VERB_MODULES = [
     "so3krates.md",                    # md
     "so3krates.lammps_pair.cli",       # lammps-plugin
     "so3krates.validation.cli",        # validate
+    "so3krates.validation.stability_cli",  # stability
     "so3krates.demo",                  # demo
 ]
 

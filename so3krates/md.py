@@ -86,8 +86,8 @@ class MDWriter:
     run so far."""
 
     def __init__(self, settings: MDSettings, num_atoms: int, engine: str, log_path: Optional[str] = None,
-                 traj_path: Optional[str] = None):
-        self.check = BlowUpCheck(settings, num_atoms)
+                 traj_path: Optional[str] = None, check=None):
+        self.check = check or BlowUpCheck(settings, num_atoms)   # check: another observer (`so3krates stability`)
         self.settings, self.num_atoms, self.engine = settings, num_atoms, engine
         self.log_path, self.traj_path = log_path, traj_path
         self.rows = self.frames = 0

@@ -6,6 +6,7 @@ import json
 from so3krates.engines import EngineSpec
 from so3krates.structures import read_structure
 
+from .stability import parse_stability_option
 from .validate import ValidationSettings, format_report, plot_report, validate
 
 
@@ -19,6 +20,9 @@ def register(subparsers) -> None:
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--temperature", type=float, default=300.0, help="K, initial Maxwell-Boltzmann velocities")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stability", metavar="TEMPERATURE:TIME[:REPLICAS]",
+                   help="also run Langevin replicas checked for unphysical MD (so3krates stability), e.g. 300K:10ps; "
+                        "a model that fails does not pass")
     p.add_argument("--json", help="write every figure to this JSON file")
     p.add_argument("--plot", help="write total energy and divergence against time to this image")
     p.add_argument("--quiet", action="store_true")
@@ -33,8 +37,9 @@ def _main(args) -> int:
                          f"--temperature >= 0 (got {args.temperature:g})")
     check_output_file(args.json, "--json")   # before the run, not after it
     check_output_file(args.plot, "--plot")
+    check = parse_stability_option(args.stability) if args.stability else None
     settings = ValidationSettings(steps=args.steps, timestep_fs=args.timestep, temperature=args.temperature,
-                                  seed=args.seed)
+                                  seed=args.seed, stability=check)
     report = validate(args.model, read_structure(args.structure), engines, settings, progress=not args.quiet)
     print(format_report(report))
     if args.json:

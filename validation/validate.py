@@ -2,7 +2,8 @@
 
 1. step 0: energy, forces (and virial for periodic cells) of each engine against the ASE calculator;
 2. NVE from identical positions and velocities: total-energy drift and fluctuation per engine;
-3. trajectory divergence from the reference Python MD (ASE velocity Verlet).
+3. trajectory divergence from the reference Python MD (ASE velocity Verlet);
+4. optionally (`--stability 300K:10ps`), Langevin replicas watched for unphysical MD (stability.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from so3krates.engines import EngineSpec, MDResult, MDSettings, initial_state
 from so3krates.export import read_metadata
 
 from .metrics import divergence, energy_conservation, step0_difference
+from .stability import StabilitySettings, json_report, stability
 
 REFERENCE = EngineSpec("ase")
 
@@ -52,6 +54,7 @@ class ValidationSettings:
     log_every: int = 5
     traj_every: int = 5
     tolerances: Optional[Tolerances] = None
+    stability: Optional[StabilitySettings] = None   # also run the stability check (time step and seed from here)
 
 
 def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: ValidationSettings,
@@ -84,18 +87,27 @@ def validate(model_path: str, atoms: Atoms, specs: List[EngineSpec], settings: V
     failures = [f for label in labels
                 for f in engine_failures(label, step0[label], runs[label], nve[label], trajectory[label],
                                          engine_tol[label], settings.timestep_fs)]
+    stable = None
+    if settings.stability is not None:
+        check = settings.stability
+        check.timestep_fs, check.seed = settings.timestep_fs, settings.seed
+        engine = next((spec.label for spec in specs if spec.engine == "openmm"), labels[0])   # the fastest for small systems
+        stable = stability_report(stability(model_path, atoms, check, engine=engine, progress=progress, log=log))
+        failures += [f"stability ({stable['engine']}, {check.temperature:g} K): replica {k} failed at {t:g} ps: {why}"
+                     for k, (t, why) in enumerate(zip(stable["time_to_failure_ps"], stable["failures"])) if why]
     return {
         "model": str(model_path),
         "metadata": {k: meta[k] for k in ("so3krates_version", "dtype", "elements", "cutoff_A", "num_layers")},
         "num_atoms": n,
         "periodic": periodic,
-        "settings": {k: v for k, v in asdict(settings).items() if k != "tolerances"},
+        "settings": {k: v for k, v in asdict(settings).items() if k not in ("tolerances", "stability")},
         "tolerances": asdict(tol),
         "engine_tolerances": {label: asdict(t) for label, t in engine_tol.items()},
         "engines": labels,
         "step0": step0,
         "nve": nve,
         "trajectory": trajectory,
+        "stability": stable,
         "failures": failures,
         "passed": not failures,
         "_runs": runs,
@@ -110,6 +122,13 @@ def engine_dtype(spec: EngineSpec, model_path: str) -> str:
     if is_exported_file(spec.model):
         return read_metadata(spec.model)["dtype"]
     return "float64"   # a training checkpoint (ase engine) computes in float64
+
+
+def stability_report(report: Dict) -> Dict:
+    """The stability figures that `validate` keeps (the replicas' trajectories are not written)."""
+    keys = ("engine", "temperature_K", "time_ps", "replicas", "criterion", "stable_fraction", "time_to_failure_ps",
+            "median_time_to_failure_ps", "max_bond_deviation_A", "failures")
+    return {k: json_report(report)[k] for k in keys}
 
 
 def engine_failures(label: str, s: Dict[str, float], run: MDResult, c: Dict[str, float], trajectory: Dict,
@@ -163,11 +182,17 @@ def format_report(report: Dict) -> str:
         t_text = f"> {report['trajectory'][label]['compared_until_fs']:g}" if t is None else f"{t:g}"
         lines.append(f"  {label:<22}{c['drift_meV_per_atom_per_ps']:>19.3g}{c['fluctuation_meV_per_atom']:>16.3g}"
                      f"{c['fluctuation_to_kinetic_ratio']:>11.3g}{t_text:>14}")
+    stable = report.get("stability")
+    if stable:
+        lines.append(f"stability: {stable['replicas']} Langevin replica(s) x {stable['time_ps']:g} ps at "
+                     f"{stable['temperature_K']:g} K ({stable['engine']}, criterion {stable['criterion']}): stable "
+                     f"fraction {stable['stable_fraction']:.2f}")
     if report["failures"]:
         lines.append("FAILED:")
         lines.extend("  " + f for f in report["failures"])
     else:
-        lines.append("PASSED: every engine agrees with the reference within the tolerances")
+        lines.append("PASSED: every engine agrees with the reference within the tolerances"
+                     + (" and the MD stayed physical" if stable else ""))
     return "\n".join(lines)
 
 
