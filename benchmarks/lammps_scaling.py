@@ -7,7 +7,9 @@ bare exported model on the same atoms.
 The 2-rank runs report the pair style's own end-of-run figures: computed/owned atoms (max over
 ranks) and the halo traffic per rank and step. --baseline-*: an older plugin and a model file
 it reads (the same weights: the model here is built after torch.manual_seed(0)), timed on one rank
-interleaved with the current one (the "before" of a change).
+interleaved with the current one (the "before" of a change); with --baseline-two-ranks also on 2
+ranks (the 2-rank CPU time of before and now; the baseline model may be the current file when the
+old plugin reads it, e.g. a plugin from before stage_layer took num_pairs).
 
 Water boxes (so3krates.structures.water_box, random-weight model: speed does not depend on the
 weights). Each rank and the bare model use ONE torch thread, so "2 ranks" uses both cores of a
@@ -148,6 +150,8 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[1000, 5000, 25000], help="approximate atom counts")
     ap.add_argument("--baseline-plugin", help="an older plugin .so, timed on one rank against the current one")
     ap.add_argument("--baseline-model", help="the model file for --baseline-plugin (same weights)")
+    ap.add_argument("--baseline-two-ranks", action="store_true",
+                    help="also time the baseline plugin on 2 ranks (needs --baseline-plugin)")
     ap.add_argument("--repeats", type=int, default=3,
                     help="each LAMMPS configuration is run this many times, interleaved; the fastest counts "
                          "(other jobs on a shared machine only ever slow a run down)")
@@ -179,15 +183,19 @@ def main():
             system = lammps_system(atoms)
             write_data(str(tmp / "data.lmp"), system)
             bare = bare_model_time(module, atoms, steps)
-            runs = {"before": [], "one": [], "two": []}
+            runs = {"before": [], "before_two": [], "one": [], "two": []}
             for _ in range(args.repeats):
                 if args.baseline_plugin:
                     runs["before"].append(lammps_time(Path(args.baseline_model), tmp / "data.lmp", system.type_symbols,
                                                       1, steps, tmp, plugin=args.baseline_plugin))
                 runs["one"].append(lammps_time(model, tmp / "data.lmp", system.type_symbols, 1, steps, tmp))
+                if args.baseline_plugin and args.baseline_two_ranks:
+                    runs["before_two"].append(lammps_time(Path(args.baseline_model), tmp / "data.lmp",
+                                                          system.type_symbols, 2, steps, tmp, plugin=args.baseline_plugin))
                 runs["two"].append(lammps_time(model, tmp / "data.lmp", system.type_symbols, 2, steps, tmp))
             fastest = {k: min(v, key=lambda r: r["step_ms"]) if v else None for k, v in runs.items()}
             before, one, two = fastest["before"], fastest["one"], fastest["two"]
+            before_two = fastest["before_two"]
             row = {"atoms": n, "timed_steps": steps, "bare_model_ms": bare,
                    "one_rank_ms": one["step_ms"], "one_rank_pair_ms": one["pair_ms"],
                    "two_ranks_ms": two["step_ms"], "two_ranks_pair_ms": two["pair_ms"],
@@ -212,6 +220,13 @@ def main():
                 if "step_cpu_ms" in before and "step_cpu_ms" in one:
                     row.update(before_one_rank_cpu_ms=before["step_cpu_ms"], one_rank_cpu_ms=one["step_cpu_ms"],
                                one_rank_cpu_over_before=one["step_cpu_ms"] / before["step_cpu_ms"])
+            if before_two and "pair_cpu_max_ms" in before_two and "pair_cpu_max_ms" in two:
+                row.update(before_two_ranks_pair_cpu_max_ms=before_two["pair_cpu_max_ms"],
+                           before_two_rank_cpu_efficiency=one["pair_cpu_max_ms"] / (2 * before_two["pair_cpu_max_ms"]),
+                           two_ranks_cpu_over_before=two["pair_cpu_max_ms"] / before_two["pair_cpu_max_ms"],
+                           # per repeat (interleaved): the ratio within a repeat is the steadier one
+                           two_ranks_cpu_over_before_per_repeat=[
+                               t["pair_cpu_max_ms"] / b["pair_cpu_max_ms"] for t, b in zip(runs["two"], runs["before_two"])])
             rows.append(row)
             print(f"{n:>7}{steps:>6}{bare:>10.1f}{one['step_ms']:>11.1f}{two['step_ms']:>11.1f}"
                   f"{row['one_rank_us_per_atom']:>12.1f}{row['two_ranks_us_per_atom']:>12.1f}"
@@ -222,6 +237,11 @@ def main():
                   f"{row.get('one_rank_over_before', float('nan')):>10.3f}"
                   f"{row.get('one_rank_cpu_over_before', float('nan')):>11.3f}"
                   f"{row.get('two_rank_cpu_efficiency', float('nan')):>11.2f}", flush=True)
+            if "two_ranks_cpu_over_before" in row:
+                print(f"{'':>7} 2 ranks before: CPU {row['before_two_ranks_pair_cpu_max_ms']:.1f} ms (max over ranks), "
+                      f"CPU efficiency {row['before_two_rank_cpu_efficiency']:.2f}; now / before in CPU time "
+                      f"{row['two_ranks_cpu_over_before']:.3f} (fastest runs), per repeat "
+                      + " ".join(f"{r:.3f}" for r in row["two_ranks_cpu_over_before_per_repeat"]), flush=True)
     model_rows = paper_model(rows[-1], density, cfg.num_layers) if rows else []
     for m in model_rows:
         print(f"paper model, 1,000,000 water atoms on {m['ranks']} ranks: {m['atoms_per_rank']:,.0f} atoms per rank "
@@ -236,7 +256,7 @@ def main():
         "command": "python benchmarks/lammps_scaling.py --preset {} --dtype {} --sizes {}{}".format(
             args.preset, args.dtype, " ".join(map(str, args.sizes)),
             f" --baseline-plugin {args.baseline_plugin} --baseline-model {args.baseline_model}"
-            if args.baseline_plugin else ""),
+            if args.baseline_plugin else "") + (" --baseline-two-ranks" if args.baseline_two_ranks else ""),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "allocator": "tcmalloc" if is_preloaded() else "glibc",
         "machine": platform.node(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
         "preset": args.preset, "dtype": args.dtype, "threads_per_rank": 1, "repeats": args.repeats,

@@ -292,6 +292,11 @@ void PairSo3krates::load_model(const std::string &path)
                EXPORT_HINT);
   }
   read_metadata(path, extra[METADATA_FILE]);
+  // Files exported before stage_layer took num_pairs compute the mirrored message of every edge
+  // (and drop those into halo rows): the same results, with more work on more than one rank.
+  model_takes_pairs = false;
+  if (model_format >= FIRST_STAGED_FORMAT && model.find_method("stage_layer"))
+    model_takes_pairs = model.get_method("stage_layer").function().getSchema().argumentIndexWithName("num_pairs").has_value();
   model.eval();
   // Only gradients with respect to inputs are taken: no graph for the weights.
   for (auto p : model.parameters()) p.set_requires_grad(false);
@@ -530,7 +535,8 @@ void PairSo3krates::refresh_owners()
 // Edges i <- j within the cutoff with an owned receiver. When both ends have rows here (owned, or a
 // ghost image of an owned atom) one direction stands for both (half list); a sender owned by
 // another rank gets a halo row, and the edge carries the message i <- j only (that rank computes
-// j <- i).
+// j <- i). The pairs come first (num_pairs of them), then the one-way edges: a model whose
+// stage_layer takes num_pairs then computes no message into a halo row, nor a halo row's query.
 void PairSo3krates::build_edges()
 {
   double **x = atom->x;
@@ -546,6 +552,7 @@ void PairSo3krates::build_edges()
     }
   const int n_own = static_cast<int>(owned.size());
   edge_i.clear(), edge_j.clear(), atom_i.clear(), atom_j.clear(), edge_vec.clear();
+  cross_i.clear(), cross_j.clear(), cross_atom_i.clear(), cross_atom_j.clear(), cross_vec.clear();
   const double cutsq_model = cutoff * cutoff;
   for (int ii = 0; ii < list->inum; ++ii) {
     const int i = list->ilist[ii];
@@ -563,17 +570,20 @@ void PairSo3krates::build_edges()
                    "pair_style so3krates: atoms with IDs {} and {} are closer than {} A: two atoms at the same "
                    "position; remove the duplicated atom from the data file (or, in MD, shorten the time step)",
                    std::min(atom->tag[i], atom->tag[j]), std::max(atom->tag[i], atom->tag[j]), MIN_DISTANCE_A);
-      int rj;
-      if (owner[j] < 0) {
+      if (owner[j] < 0) {    // a sender owned by another rank: after the pairs (see above)
         if (row_of[j] < 0) {
           row_of[j] = n_own + static_cast<int>(halo.size());
           halo.push_back(j);
         }
-        rj = row_of[j];
-      } else {
-        rj = row_of[owner[j]];
-        if (!keep_direction(ri, rj, d)) continue;
+        cross_i.push_back(ri);
+        cross_j.push_back(row_of[j]);
+        cross_atom_j.push_back(j);
+        cross_atom_i.push_back(i);
+        cross_vec.insert(cross_vec.end(), d, d + 3);
+        continue;
       }
+      const int rj = row_of[owner[j]];
+      if (!keep_direction(ri, rj, d)) continue;
       edge_i.push_back(ri);
       edge_j.push_back(rj);
       atom_i.push_back(i);
@@ -581,6 +591,12 @@ void PairSo3krates::build_edges()
       edge_vec.insert(edge_vec.end(), d, d + 3);
     }
   }
+  num_pairs = static_cast<int64_t>(edge_i.size());
+  edge_i.insert(edge_i.end(), cross_i.begin(), cross_i.end());
+  edge_j.insert(edge_j.end(), cross_j.begin(), cross_j.end());
+  atom_i.insert(atom_i.end(), cross_atom_i.begin(), cross_atom_i.end());
+  atom_j.insert(atom_j.end(), cross_atom_j.begin(), cross_atom_j.end());
+  edge_vec.insert(edge_vec.end(), cross_vec.begin(), cross_vec.end());
 }
 
 /* ----------------------------------------------------------------------
@@ -626,8 +642,10 @@ void PairSo3krates::call_model(torch::Tensor &energies, torch::Tensor &edge_grad
     x_in[0] = state[0];
     ev_in[0] = state[1];
     for (int t = 0; t < num_layers; ++t) {
-      auto out = model.get_method("stage_layer")({static_cast<int64_t>(t), x_in[t], ev_in[t], leaves, idx_i,
-                                                  idx_j, n_own}).toTensorVector();
+      std::vector<c10::IValue> args{static_cast<int64_t>(t), x_in[t], ev_in[t], leaves, idx_i, idx_j, n_own};
+      // with no halo rows every edge is a pair: the default (-1) computes the same, without slicing
+      if (model_takes_pairs && n_rows > n_own) args.emplace_back(num_pairs);
+      auto out = model.get_method("stage_layer")(args).toTensorVector();
       x_out[t] = out[0];
       ev_out[t] = out[1];
       if (t + 1 < num_layers) halo_forward(x_out[t], ev_out[t], x_in[t + 1], ev_in[t + 1]);

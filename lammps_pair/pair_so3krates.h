@@ -70,6 +70,11 @@ class PairSo3krates : public Pair {
   std::vector<int64_t> edge_i, edge_j;     // rows of receiver and sender (half list, see build_edges)
   std::vector<int> atom_i, atom_j;         // LAMMPS indices of receiver and sender (forces, virial)
   std::vector<double> edge_vec;            // r_ij = x_j - x_i, 3 per edge
+  int64_t num_pairs = 0;                   // edges [0, num_pairs) are pairs, the rest one-way (halo senders)
+  std::vector<int64_t> cross_i, cross_j;   // the one-way edges while build_edges collects them
+  std::vector<int> cross_atom_i, cross_atom_j;
+  std::vector<double> cross_vec;
+  bool model_takes_pairs = false;          // stage_layer has the num_pairs argument
 
   // exchange buffer: one row of `exchange_width` doubles per LAMMPS atom (owned and ghost)
   double **buf;

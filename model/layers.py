@@ -9,7 +9,7 @@ PyTorch port (So3krates-torch, blocks/euclidean_transformer.py) cites them.
 from __future__ import annotations
 
 import math
-from typing import List, NamedTuple
+from typing import List, NamedTuple, Tuple
 
 import torch
 from torch import nn
@@ -160,9 +160,13 @@ class InvariantAttention(nn.Module):
         self.head_segments = [head * self.head_dim for head in range(num_heads + 1)]
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor,
-                idx_i: torch.Tensor, idx_j: torch.Tensor, mirrored: bool) -> torch.Tensor:
+                idx_i: torch.Tensor, idx_j: torch.Tensor, mirrored: bool,
+                num_receivers: int = -1, num_pairs: int = -1) -> torch.Tensor:
+        """Messages into all N atoms, or with num_pairs >= 0 (see `pair_edges`) into the first
+        num_receivers only."""
         h, d = self.num_heads, self.head_dim
-        q, k, v = self.query(x), self.key(x), self.value(x)
+        q = self.query(x if num_pairs < 0 else x[:num_receivers])   # only receivers' queries are read
+        k, v = self.key(x), self.value(x)
         if self.qk_silu:
             q, k = fn.silu(q), fn.silu(k)
         if self.fused:
@@ -171,14 +175,26 @@ class InvariantAttention(nn.Module):
                                                       self.head_segments, idx_i, idx_j, x.shape[0], False, mirrored)
         w = w.view(-1, h, d)
         scale = (phi * self.inv_norm).unsqueeze(-1)
-        out = torch.zeros_like(x)
+        out = torch.zeros_like(q)
         # Eq. 21: alpha_ij,h; Eq. 15: the phi-weighted sum of values
         alpha = (gather(q, idx_i).view(-1, h, d) * w * gather(k, idx_j).view(-1, h, d)).sum(-1) * scale
         out.index_add_(0, idx_i, (alpha.unsqueeze(-1) * gather(v, idx_j).view(-1, h, d)).view(-1, h * d))
         if mirrored:
+            idx_i, idx_j, w, scale = pair_edges(num_pairs, idx_i, idx_j, w, scale)
             alpha = (gather(q, idx_j).view(-1, h, d) * w * gather(k, idx_i).view(-1, h, d)).sum(-1) * scale
             out.index_add_(0, idx_j, (alpha.unsqueeze(-1) * gather(v, idx_i).view(-1, h, d)).view(-1, h * d))
         return out
+
+
+def pair_edges(num_pairs: int, idx_i: torch.Tensor, idx_j: torch.Tensor, w: torch.Tensor,
+               scale: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The edges whose mirrored message j <- i is wanted: all (num_pairs < 0), or the first
+    num_pairs. A LAMMPS rank puts its pairs of two owned atoms first and then the edges from a
+    sender owned by another rank, whose mirrored message that rank computes itself: their
+    mirrored halves, and the queries of such senders, are then not computed here at all."""
+    if num_pairs < 0:
+        return idx_i, idx_j, w, scale
+    return idx_i[:num_pairs], idx_j[:num_pairs], w[:num_pairs], scale[:num_pairs]
 
 
 class EuclideanAttention(nn.Module):
@@ -203,9 +219,10 @@ class EuclideanAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, w: torch.Tensor, phi: torch.Tensor, sh: torch.Tensor,
                 expand: torch.Tensor, parity: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
-                mirrored: bool) -> torch.Tensor:
+                mirrored: bool, num_receivers: int = -1, num_pairs: int = -1) -> torch.Tensor:
         n, c = self.num_degrees, self.chunk
-        q, k = self.query(x), self.key(x)
+        q = self.query(x if num_pairs < 0 else x[:num_receivers])   # as in InvariantAttention
+        k = self.key(x)
         if self.qk_silu:
             q, k = fn.silu(q), fn.silu(k)
         if self.fused:
@@ -215,10 +232,13 @@ class EuclideanAttention(nn.Module):
                                                       [0] + segments, idx_i, idx_j, x.shape[0], True, mirrored)
         w = w.view(-1, n, c)
         scale = (phi * self.inv_norm).unsqueeze(-1)
-        out = torch.zeros((x.shape[0], sh.shape[1]), dtype=sh.dtype, device=sh.device)
+        out = torch.zeros((q.shape[0], sh.shape[1]), dtype=sh.dtype, device=sh.device)
         alpha = (gather(q, idx_i).view(-1, n, c) * w * gather(k, idx_j).view(-1, n, c)).sum(-1) * scale
         out.index_add_(0, idx_i, (alpha @ expand) * sh)
         if mirrored:
+            idx_i, idx_j, w, scale = pair_edges(num_pairs, idx_i, idx_j, w, scale)
+            if num_pairs >= 0:
+                sh = sh[:num_pairs]
             alpha = (gather(q, idx_j).view(-1, n, c) * w * gather(k, idx_i).view(-1, n, c)).sum(-1) * scale
             out.index_add_(0, idx_j, (alpha @ expand) * (sh * parity))
         return out
@@ -293,13 +313,16 @@ class EuclideanTransformerLayer(nn.Module):
         self.register_buffer("parity", torch.tensor(parity, dtype=torch.float64), persistent=False)  # (S,)
 
     def forward(self, x: torch.Tensor, ev: torch.Tensor, geometry: EdgeGeometry, idx_i: torch.Tensor,
-                idx_j: torch.Tensor, mirrored: bool, ev_is_zero: bool, num_receivers: int = -1):
+                idx_j: torch.Tensor, mirrored: bool, ev_is_zero: bool, num_receivers: int = -1,
+                num_pairs: int = -1):
         """With `mirrored`, each edge is an undirected pair carrying messages both ways: the filters
         are symmetric in i and j (rbf depends on r_ij only, c(ev_j - ev_i) = c(ev_i - ev_j)), so the
         costly filter nets run once per pair. ev_is_zero in the first layer, where the filters'
         spherical branch is a constant. num_receivers >= 0: only the first num_receivers atoms are
         updated and returned (the atoms a LAMMPS rank owns; the rest are senders whose state is
-        read, not computed)."""
+        read, not computed). num_pairs >= 0 (with num_receivers >= 0 and `mirrored`): only the first
+        num_pairs edges carry messages both ways, both of their ends among the receivers; the rest
+        carry i <- j only (`pair_edges`)."""
         if ev_is_zero:
             delta = ev.new_zeros((0, 0))
         else:
@@ -309,11 +332,15 @@ class EuclideanTransformerLayer(nn.Module):
         w_inv = self.filter_inv(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero=ev_is_zero)
         w_ev = self.filter_ev(geometry.rbf, geometry.rows, geometry.weights, delta, ev_is_zero=ev_is_zero)
         # Eqs. 15, 21 and 26: both attention updates from the same x and ev
-        dx = self.invariant_attention(x, w_inv, geometry.phi, idx_i, idx_j, mirrored=mirrored)
+        dx = self.invariant_attention(x, w_inv, geometry.phi, idx_i, idx_j, mirrored=mirrored,
+                                      num_receivers=num_receivers, num_pairs=num_pairs)
         dev = self.euclidean_attention(x, w_ev, geometry.phi, geometry.sh, self.expand, self.parity,
-                                       idx_i, idx_j, mirrored=mirrored)
+                                       idx_i, idx_j, mirrored=mirrored, num_receivers=num_receivers,
+                                       num_pairs=num_pairs)
         if num_receivers >= 0:
-            x, ev, dx, dev = x[:num_receivers], ev[:num_receivers], dx[:num_receivers], dev[:num_receivers]
+            x, ev = x[:num_receivers], ev[:num_receivers]
+            if num_pairs < 0:    # else dx and dev hold the receivers' rows only
+                dx, dev = dx[:num_receivers], dev[:num_receivers]
         x = self.mlp_1(self.layer_norm_1(x + dx))
         ev = ev + dev
         # Eqs. 24-27: exchange block and its residual sums

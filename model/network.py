@@ -137,14 +137,16 @@ class So3krates(nn.Module):
 
     def layer_step(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: EdgeGeometry,
                    idx_i: torch.Tensor, idx_j: torch.Tensor, half_list: bool,
-                   num_receivers: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
+                   num_receivers: int = -1, num_pairs: int = -1) -> Tuple[torch.Tensor, torch.Tensor]:
         """Layer t on the state (x, ev) of N atoms -> the new state of the first num_receivers
         atoms (all when -1). Edges must have their receivers among those; senders may be any of
-        the N (with half_list, a mirrored message into an atom beyond num_receivers is dropped)."""
+        the N (with half_list, a mirrored message into an atom beyond num_receivers is dropped).
+        num_pairs >= 0 (with half_list and num_receivers): only the first num_pairs edges are
+        pairs, between two receivers; the rest carry i <- j only (layers.pair_edges)."""
         for k, layer in enumerate(self.layers):   # TorchScript indexes a ModuleList by constants only
             if k == t:
                 x, ev = layer(x, ev, geometry, idx_i, idx_j, mirrored=half_list, ev_is_zero=k == 0,
-                              num_receivers=num_receivers)
+                              num_receivers=num_receivers, num_pairs=num_pairs)
         return x, ev
 
     def atomic_energies(self, x: torch.Tensor, species: torch.Tensor, geometry: EdgeGeometry,

@@ -142,9 +142,14 @@ class Potential(nn.Module):
 
     @torch.jit.export
     def stage_layer(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: List[torch.Tensor],
-                    idx_i: torch.Tensor, idx_j: torch.Tensor, num_receivers: int) -> List[torch.Tensor]:
-        """Layer t: state of all N atoms in, new [x, ev] of the first num_receivers out."""
-        x, ev = self.network.layer_step(t, x, ev, edge_geometry(geometry), idx_i, idx_j, True, num_receivers)
+                    idx_i: torch.Tensor, idx_j: torch.Tensor, num_receivers: int,
+                    num_pairs: int = -1) -> List[torch.Tensor]:
+        """Layer t: state of all N atoms in, new [x, ev] of the first num_receivers out.
+        num_pairs >= 0: edges [0, num_pairs) are pairs of two receivers (messages both ways), the
+        rest carry i <- j only (a sender owned by another rank); -1: every edge is a pair (files
+        before this argument was added have only that)."""
+        x, ev = self.network.layer_step(t, x, ev, edge_geometry(geometry), idx_i, idx_j, True, num_receivers,
+                                        num_pairs)
         return [x, ev]
 
     @torch.jit.export

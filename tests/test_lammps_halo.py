@@ -4,18 +4,24 @@ awkward layouts; each rank computes its owned atoms only; per-atom virials sum t
 from __future__ import annotations
 
 import re
+from typing import List
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.build import molecule
+
+from so3krates.export import exporter
+from so3krates.model.neighbors import find_pairs
+from so3krates.model.potential import Potential, edge_geometry
 
 from so3krates.lammps_pair.runner import THERMO_PRECISION, parse_thermo, run_lammps, setup_commands
 from so3krates.lammps_pair.single_point import single_point
 from so3krates.lammps_pair.system import lammps_system, write_data
 from so3krates.structures import water_box
 
-from conftest import triclinic
+from conftest import random_network, triclinic
 
 RTOL = 1e-10
 WORK_LINE = "so3krates: computed/owned atoms = 1.00 (max over ranks)"
@@ -170,3 +176,61 @@ def test_reneighbouring_every_step_and_consecutive_runs(model_path, tmp_path):
     (one, x1), (three, x3) = results[1], results[3]
     np.testing.assert_allclose(three["PotEng"], one["PotEng"], rtol=1e-10)
     assert np.abs(x3 - x1).max() < 1e-10
+
+
+class PotentialBeforeNumPairs(Potential):
+    """The stage_layer of files exported before it took num_pairs (every edge a pair)."""
+
+    @torch.jit.export
+    def stage_layer(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: List[torch.Tensor],
+                    idx_i: torch.Tensor, idx_j: torch.Tensor, num_receivers: int) -> List[torch.Tensor]:
+        x, ev = self.network.layer_step(t, x, ev, edge_geometry(geometry), idx_i, idx_j, True, num_receivers)
+        return [x, ev]
+
+
+def test_file_without_num_pairs_gives_the_same_on_two_ranks(tmp_path, monkeypatch, zbl_model_path):
+    """A model file whose stage_layer lacks num_pairs (exported before it was added) still runs on
+    2 ranks, with the results of a current file of the same weights."""
+    monkeypatch.setattr(exporter, "Potential", PotentialBeforeNumPairs)
+    old_path = tmp_path / "before_num_pairs.pt"
+    exporter.export_model(random_network(num_layers=3, energy_shift=None, zbl_repulsion=True), old_path)
+    old_file = torch.jit.load(str(old_path))
+    assert "num_pairs" not in str(old_file.stage_layer.schema)
+    assert "num_pairs" in str(torch.jit.load(zbl_model_path).stage_layer.schema)
+    atoms = water_box(96, seed=17)
+    new = single_point(zbl_model_path, atoms, ranks=2)
+    old = single_point(str(old_path), atoms, ranks=2)
+    for key in ("energy", "energies", "forces", "virial"):
+        np.testing.assert_allclose(new[key], old[key], rtol=RTOL, atol=RTOL * np.abs(old[key]).max(), err_msg=key)
+
+
+def test_stage_layer_num_pairs_skips_only_dropped_messages(export_random):
+    """The layout of one LAMMPS rank (owned atoms, then halo rows of senders owned elsewhere; the
+    pairs first, then the one-way edges from halo senders): stage_layer with num_pairs gives the
+    owned rows' state of the default (every edge a pair, mirrored messages into halo rows dropped)."""
+    path = export_random("tiny_3layer_zbl_f64", num_layers=3, energy_shift=None, zbl_repulsion=True)
+    module = torch.jit.load(path)
+    atoms = water_box(64, seed=18)
+    i, j, shifts = find_pairs(atoms.positions, atoms.cell.array, atoms.pbc, exporter.read_metadata(path)["cutoff_A"])
+    vectors = atoms.positions[j] + shifts - atoms.positions[i]
+    owned = atoms.positions[:, 0] < 0.5 * atoms.cell.array[0, 0]           # "rank 0": the left half
+    n_own = int(owned.sum())
+    row = np.full(len(atoms), -1)
+    row[owned] = np.arange(n_own)
+    pair = owned[i] & owned[j] & (i < j)                                   # each owned pair once
+    one_way = owned[i] & ~owned[j]                                         # i <- j from another "rank"
+    halo_atoms, halo_rows = np.unique(j[one_way], return_inverse=True)
+    idx_i = torch.tensor(np.concatenate([row[i[pair]], row[i[one_way]]]))
+    idx_j = torch.tensor(np.concatenate([row[j[pair]], n_own + halo_rows]))
+    geometry = module.stage_geometry(torch.tensor(np.concatenate([vectors[pair], vectors[one_way]])))
+    rows = np.concatenate([np.nonzero(owned)[0], halo_atoms])
+    x, ev = module.stage_embed(module.species_index(torch.tensor(atoms.numbers[rows])))
+    ev = ev + 0.1 * torch.randn(ev.shape, dtype=ev.dtype)                 # as after a first layer
+    num_pairs = int(pair.sum())
+    assert 0 < num_pairs < idx_i.shape[0] and len(halo_atoms) > 0
+    for t in (0, 1):
+        want = module.stage_layer(t, x, ev, geometry, idx_i, idx_j, n_own)
+        got = module.stage_layer(t, x, ev, geometry, idx_i, idx_j, n_own, num_pairs)
+        for g, w in zip(got, want):
+            assert g.shape[0] == n_own
+            torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12)
