@@ -22,7 +22,7 @@ class So3kratesPotentialImpl(MLPotentialImpl):
     def addForces(self, topology, system, atoms: Optional[Iterable[int]], forceGroup: int, **args) -> None:
         from .force import create_force
         force = create_force(self.model_path, topology, atoms=None if atoms is None else list(atoms),
-                             precision=args.get("precision"))
+                             precision=args.get("precision"), **global_inputs(args))
         force.setForceGroup(forceGroup)
         system.addForce(force)
 
@@ -46,10 +46,16 @@ class So3kratesPotentialImpl(MLPotentialImpl):
                                                        returnInfo=True, **args)
         from .force import create_force
         force = create_force(self.model_path, info["topology"], atoms=recorder.atoms,
-                             precision=args.get("precision"), scale_parameter="lambda_interpolate")
+                             precision=args.get("precision"), scale_parameter="lambda_interpolate",
+                             **global_inputs(args))
         force.setForceGroup(forceGroup)
         info["system"].addForce(force)
         return info if returnInfo else info["system"]
+
+
+def global_inputs(args) -> dict:
+    """createSystem(..., charge=, multiplicity=) -> create_force's keyword arguments (only those given)."""
+    return {k: args[k] for k in ("charge", "multiplicity") if args.get(k) is not None}
 
 
 class _RecordMLAtoms(MLPotentialImpl):

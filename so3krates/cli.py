@@ -19,6 +19,7 @@ VERB_MODULES = [
     "so3krates.lammps_pair.cli",       # lammps-plugin
     "so3krates.validation.cli",        # validate
     "so3krates.demo",                  # demo
+    "so3krates.pretrained.cli",        # pretrained
 ]
 
 
