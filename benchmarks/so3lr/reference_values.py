@@ -74,6 +74,7 @@ def main() -> int:
         atoms = atoms.copy()
         atoms.info["charge"] = charge
         atoms.info["total_spin"] = (multiplicity - 1) / 2   # So3krates-torch takes S; 2S unpaired electrons
+        calc.reset()   # ASE would reuse the last results for equal positions with another charge/spin
         atoms.calc = calc
         energy = atoms.get_potential_energy()
         forces = atoms.get_forces()
