@@ -140,3 +140,66 @@ def test_openmm_box_smaller_than_the_long_range_cutoff_is_a_clear_error(so3lr_fi
     topology.setPeriodicBoxVectors([Vec3(1.0, 0, 0), Vec3(0, 1.0, 0), Vec3(0, 0, 1.0)] * unit.nanometer)
     with pytest.raises(ValueError, match="long-range cutoff .* is 12.0 A; use a box at least 1.20 nm"):
         create_force(so3lr_file, topology)
+
+
+@pytest.mark.slow
+def test_openmm_ml_mm_with_an_so3lr_region_and_create_system_charge(so3lr_file):
+    """MLPotential('so3krates').createMixedSystem with SO3LR on one water of a TIP3P box: the ML
+    force acts on the ML water only and equals ASE's SO3LR energy of that water in the same cell;
+    createSystem(..., charge=, multiplicity=) reaches the model."""
+    import openmm
+    import openmm.app as app
+    from openmm import unit
+    from openmmml import MLPotential
+    ff = app.ForceField("amber14/tip3p.xml")
+    modeller = app.Modeller(app.Topology(), [])
+    modeller.addSolvent(ff, boxSize=openmm.Vec3(2.5, 2.5, 2.5) * unit.nanometer)
+    mm_system = ff.createSystem(modeller.topology, nonbondedMethod=app.PME, nonbondedCutoff=0.8 * unit.nanometer,
+                                constraints=None, rigidWater=False)
+    ml_atoms = [a.index for a in next(modeller.topology.residues()).atoms()]
+    potential = MLPotential("so3krates", modelPath=so3lr_file)
+    mixed = potential.createMixedSystem(modeller.topology, mm_system, ml_atoms, forceGroup=31)
+    ctx = openmm.Context(mixed, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+    ctx.setPositions(modeller.positions)
+    state = ctx.getState(getEnergy=True, getForces=True, groups={31})
+    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
+    others = [i for i in range(mixed.getNumParticles()) if i not in set(ml_atoms)]
+    assert np.abs(forces[others]).max() == 0.0 and np.abs(forces[ml_atoms]).max() > 0
+    pos = np.array(modeller.positions.value_in_unit(unit.nanometer))[ml_atoms] * 10
+    box = np.array([[v.value_in_unit(unit.nanometer) for v in vec]
+                    for vec in modeller.topology.getPeriodicBoxVectors()]) * 10
+    water = Atoms("OHH", positions=pos, cell=box, pbc=True)
+    water.calc = So3kratesCalculator(so3lr_file)
+    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) * EV_PER_KJ_MOL
+    assert energy == pytest.approx(water.get_potential_energy(), rel=1e-10)
+
+    # the whole box as one SO3LR system is too slow here: one water as the topology
+    topology = app.Topology()
+    residue = topology.addResidue("HOH", topology.addChain())
+    for name, element in (("O", app.element.oxygen), ("H1", app.element.hydrogen), ("H2", app.element.hydrogen)):
+        topology.addAtom(name, element, residue)
+    energies = []
+    for charge, multiplicity in ((0, 1), (1, 2)):
+        system = potential.createSystem(topology, charge=charge, multiplicity=multiplicity)
+        c = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
+        c.setPositions(pos / 10)
+        energies.append(c.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+        molecule_atoms = Atoms("OHH", positions=pos)
+        molecule_atoms.calc = So3kratesCalculator(so3lr_file, charge=charge, multiplicity=multiplicity)
+        assert energies[-1] * EV_PER_KJ_MOL == pytest.approx(molecule_atoms.get_potential_energy(), rel=1e-10)
+    assert abs(energies[1] - energies[0]) * EV_PER_KJ_MOL > 0.1
+
+
+def test_lammps_refuses_a_long_range_model_with_a_clear_error(so3lr_file):
+    """The pair style cannot run SO3LR yet (charge conservation and the charge/spin embeddings are
+    sums over the whole system): `so3krates md --engine lammps` says so before LAMMPS starts, and the
+    pair style itself stops with an ERROR naming the reason."""
+    from so3krates.engines import get
+    from so3krates.lammps_pair.single_point import single_point
+    atoms = molecule("H2O")
+    atoms.center(vacuum=6.0)
+    with pytest.raises(ValueError, match="LAMMPS pair style cannot run it yet"):
+        get("lammps").single_point(so3lr_file, atoms)
+    with pytest.raises(Exception, match="long-range terms and/or total-charge/spin inputs .* pair_style "
+                                        "so3krates cannot run it yet"):
+        single_point(so3lr_file, atoms)   # the pair style's own check
