@@ -72,6 +72,15 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "so3lr_speed.json"))
     args = ap.parse_args()
     rows = []
+    key = {"sizes": args.sizes, "dtypes": args.dtypes, "threads": args.threads}
+
+    def save() -> None:   # after every row: a run cut short keeps what it measured
+        result = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/so3lr/speed.py " + " ".join(sys.argv[1:]),
+                  "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
+                  "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "threads": args.threads,
+                  "rows": rows}
+        record_run(args.out, result, key)
+
     with tempfile.TemporaryDirectory() as tmp:
         from so3krates.cli import main as cli
         for dtype in args.dtypes:
@@ -89,14 +98,11 @@ def main() -> int:
                        "reference_ms": statistics.median(b), "ours_all_ms": a, "reference_all_ms": b}
                 row["speedup"] = row["reference_ms"] / row["ours_ms"]
                 rows.append(row)
+                save()
                 print(f"{name:>18s} {natoms:6d} atoms {dtype}: ours {row['ours_ms']:9.1f} ms, "
                       f"So3krates-torch {row['reference_ms']:9.1f} ms, speed-up {row['speedup']:.2f}x", flush=True)
             ours.close()
             ref.close()
-    result = {"command": "OMP_NUM_THREADS=1 .venv/bin/python benchmarks/so3lr/speed.py " + " ".join(sys.argv[1:]),
-              "date": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": platform.node(),
-              "cpu_count": os.cpu_count(), "load_average": os.getloadavg(), "threads": args.threads, "rows": rows}
-    record_run(args.out, result, {"sizes": args.sizes, "dtypes": args.dtypes, "threads": args.threads})
     print(f"wrote {args.out}")
     return 0
 
