@@ -92,20 +92,9 @@ def test_info_shows_long_range_cutoff_inputs_and_source(so3lr_file, capsys):
     assert "so3krates-torch 0.2.1" in out and "10.1021/jacs.5c09558" in out
 
 
-def openmm_energy_forces(path, atoms, **kwargs):
-    import openmm
-    from so3krates.openmm_plugin import create_force
-    from so3krates.openmm_plugin.system import openmm_frame
-    system = openmm.System()
-    for m in atoms.get_masses():
-        system.addParticle(m)
-    frame = openmm_frame(atoms)
-    periodic = frame.box_nm is not None
-    if periodic:
-        system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in frame.box_nm))
-    system.addForce(create_force(path, atomic_numbers=atoms.numbers, periodic=periodic, **kwargs))
-    ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName("Reference"))
-    ctx.setPositions(frame.positions_nm)
+def openmm_energy_forces(path, atoms, **force_options):
+    from conftest import openmm_context
+    ctx, frame = openmm_context(path, atoms, **force_options)
     state = ctx.getState(getEnergy=True, getForces=True)
     energy = state.getPotentialEnergy()._value * EV_PER_KJ_MOL
     forces = np.asarray(state.getForces(asNumpy=True)._value) * EV_PER_KJ_MOL / 10
