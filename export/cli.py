@@ -60,6 +60,16 @@ def _info(args) -> int:
         ("edge pass", _edge_pass(meta)),
         ("created", meta.get("provenance", {}).get("created", "?")),
     ]
+    if "long_range_cutoff_A" in meta:
+        rows.insert(7, ("long-range cutoff", f"{meta['long_range_cutoff_A']} A "
+                                             f"({', '.join(meta.get('long_range_terms', []))})"))
+    if meta.get("global_inputs"):
+        rows.insert(8, ("inputs", "positions, elements, " + ", ".join(
+            {"charge": "total charge (e)", "multiplicity": "spin multiplicity 2S+1"}[k]
+            for k in meta["global_inputs"])))
+    for key in ("source", "licence", "citation"):
+        if key in meta.get("provenance", {}):
+            rows.append((key, meta["provenance"][key]))
     if "training_data_sha256" in meta.get("provenance", {}):
         rows.append(("training data sha256", meta["provenance"]["training_data_sha256"]))
     width = max(len(k) for k, _ in rows)

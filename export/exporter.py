@@ -62,10 +62,29 @@ def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str
         # derivatives), or plain PyTorch. `operators`: the custom operators a reader must load.
         "fused": bool(fused),
         "operators": [FUSED_OPERATOR] if fused else [],
+        **long_range_metadata(cfg),
         "config": {**cfg.to_dict(), "dtype": dtype},
         "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                        **(provenance or {})},
     }
+
+
+def long_range_metadata(cfg) -> Dict[str, Any]:
+    """What engines must honour for SO3LR-like models: the long-range pair range (the engine's
+    pairs / ghost atoms must reach it) and the structure-wide inputs (total charge, multiplicity)."""
+    meta: Dict[str, Any] = {}
+    if cfg.long_range:
+        meta["long_range_cutoff_A"] = float(cfg.long_range_cutoff)
+        meta["long_range_terms"] = [name for name, on in (("electrostatics", cfg.electrostatics),
+                                                          ("dispersion", cfg.dispersion)) if on]
+    inputs = []
+    if cfg.charge_embedding or cfg.electrostatics:
+        inputs.append("charge")
+    if cfg.spin_embedding:
+        inputs.append("multiplicity")
+    if inputs:
+        meta["global_inputs"] = inputs
+    return meta
 
 
 def export_model(source, output: str | os.PathLike, dtype: str = "float64",

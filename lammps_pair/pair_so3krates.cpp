@@ -309,8 +309,11 @@ void PairSo3krates::read_metadata(const std::string &path, const std::string &te
   if (text.empty())
     error->all(FLERR, "pair_coeff: '{}' is a TorchScript file but not a so3krates model (it has no extra/{} "
                "metadata); {}", path, METADATA_FILE, EXPORT_HINT);
+  double long_range_cutoff = 0.0;   // SO3LR-like models (issue 18): not run by this pair style yet
   try {
     auto meta = json::parse(text);
+    if (meta.contains("long_range_cutoff_A")) long_range_cutoff = meta["long_range_cutoff_A"].get<double>();
+    else if (meta.contains("global_inputs")) long_range_cutoff = -1.0;
     model_format = meta.value("format_version", 0);
     model_version = meta.value("so3krates_version", std::string("?"));
     model_dtype_name = meta.at("dtype").get<std::string>();
@@ -330,6 +333,11 @@ void PairSo3krates::read_metadata(const std::string &path, const std::string &te
     error->all(FLERR, "pair_coeff: the so3krates metadata in '{}' is unreadable ({}); re-export the model: {}",
                path, e.what(), EXPORT_HINT);
   }
+  if (long_range_cutoff != 0.0)
+    error->all(FLERR, "pair_coeff: '{}' is a model with long-range terms and/or total-charge/spin inputs "
+               "(SO3LR: electrostatics and dispersion up to {} A, charge conservation over the whole system); "
+               "pair_style so3krates cannot run it yet (docs/pretrained.md): run it with OpenMM or ASE "
+               "('so3krates md MODEL STRUCT --engine openmm')", path, long_range_cutoff);
   if (model_format > SUPPORTED_MODEL_FORMAT)
     error->all(FLERR, "pair_coeff: '{}' uses so3krates model format {}, newer than this plugin understands "
                "({}); rebuild the plugin from the matching so3krates version", path, model_format,

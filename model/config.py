@@ -48,6 +48,16 @@ class So3kratesConfig:
     # 0 and zbl_switch_radius (Angstrom) and multiplied by the cutoff function; model/zbl.py.
     zbl_repulsion: bool = True
     zbl_switch_radius: float = 1.5
+    # SO3LR's global inputs and long-range terms (model/charge_spin.py, model/heads.py,
+    # model/electrostatics.py, model/dispersion.py), all off for a plain SO3krates network.
+    charge_embedding: bool = False   # total charge Q of the structure (e)
+    spin_embedding: bool = False     # number of unpaired electrons (multiplicity - 1)
+    electrostatics: bool = False     # partial charges, erf-damped Coulomb over the long-range pairs
+    dispersion: bool = False         # Hirshfeld ratios, vdW-QDO dispersion over the long-range pairs
+    long_range_cutoff: float = 12.0  # r_lr, Angstrom (SO3LR's r_max_lr)
+    electrostatics_sigma: float = 4.0  # erf damping width, Angstrom (electrostatic_energy_scale)
+    dispersion_damping: float = 2.0  # switch-off width below r_lr, Angstrom (dispersion_energy_cutoff_lr_damping)
+    dispersion_scale: float = 1.2    # scale of the damping radius (dispersion_energy_scale)
     dtype: str = "float64"
 
     def __post_init__(self) -> None:
@@ -91,6 +101,10 @@ class So3kratesConfig:
             bad(f"qk_non_linearity {self.qk_non_linearity!r}; choose one of {QK_NON_LINEARITIES}")
         if not self.layer_norm_eps > 0:
             bad(f"layer_norm_eps must be positive, got {self.layer_norm_eps}")
+        if self.long_range and not self.long_range_cutoff > self.cutoff:
+            bad(f"long_range_cutoff ({self.long_range_cutoff} A) must exceed the cutoff ({self.cutoff} A)")
+        if self.dispersion and not 0 < self.dispersion_damping < self.long_range_cutoff:
+            bad(f"dispersion_damping must lie between 0 and long_range_cutoff, got {self.dispersion_damping}")
         if not self.zbl_switch_radius > 0:
             bad(f"zbl_switch_radius must be positive (Angstrom), got {self.zbl_switch_radius}")
 
@@ -98,6 +112,16 @@ class So3kratesConfig:
     def interaction_range(self) -> float:
         """An atom's energy depends on atoms up to num_layers * cutoff away."""
         return self.num_layers * self.cutoff
+
+    @property
+    def long_range(self) -> bool:
+        """Electrostatics or dispersion: a second pair list up to long_range_cutoff."""
+        return self.electrostatics or self.dispersion
+
+    @property
+    def global_inputs(self) -> bool:
+        """Total charge / spin embeddings (inputs of the whole structure)."""
+        return self.charge_embedding or self.spin_embedding
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -127,8 +151,10 @@ class So3kratesConfig:
 
 
 # Presets: "default" follows the paper/SO3LR sizes; tiny and small are for tests and the demo.
-# "so3lr" is SO3LR's short-range network (so3lr/params/hyperparameters.json, "model"); its
-# charge/spin embeddings, electrostatics and dispersion are not part of this package.
+# "so3lr" is SO3LR's short-range network (so3lr/params/hyperparameters.json, "model"), which
+# `so3krates train` can train. The whole published SO3LR (with its charge/spin embeddings,
+# electrostatics and dispersion, switched on by the options above) ships with its parameters:
+# so3krates/pretrained/so3lr/so3lr.json, `so3krates pretrained so3lr`.
 PRESETS: Dict[str, Dict[str, Any]] = {
     "tiny": dict(features=16, degrees=[1, 2], num_layers=1, num_heads=2, num_rbf=8, cutoff=4.0),
     "small": dict(features=48, degrees=[1, 2, 3], num_layers=2, num_heads=4, num_rbf=16, cutoff=4.5),

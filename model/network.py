@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -15,6 +15,10 @@ from .radial import CutoffFunction, RadialBasis
 from .radial_table import DEFAULT_POINTS, grid, hermite_table, hermite_weights
 from .spherical_harmonics import SphericalHarmonics
 from .zbl import ZBLRepulsion
+from .charge_spin import ChargeSpinEmbedding
+from .dispersion import Dispersion
+from .electrostatics import Electrostatics
+from .heads import HirshfeldRatioHead, PartialChargeHead
 
 # Buffers and parameters that stay float64 whatever dtype the network computes in: the
 # per-element energy scale and shift (~ -1000 eV; float32 would round them by ~1e-4 eV).
@@ -74,6 +78,18 @@ class So3krates(nn.Module):
             else:
                 self.register_buffer(name, value)
         self.zbl = ZBLRepulsion(list(config.elements), config.zbl_switch_radius) if config.zbl_repulsion else None
+        # SO3LR: global inputs (total charge, unpaired electrons) and the long-range terms.
+        self.charge_embedding = ChargeSpinEmbedding(num_elements, f) if config.charge_embedding else None
+        self.spin_embedding = ChargeSpinEmbedding(num_elements, f) if config.spin_embedding else None
+        self.embedding_scale = math.sqrt(1 + int(config.charge_embedding) + int(config.spin_embedding))
+        self.charge_head = PartialChargeHead(num_elements, f, width) if config.electrostatics else None
+        self.electrostatics = (Electrostatics(config.long_range_cutoff, config.electrostatics_sigma)
+                               if config.electrostatics else None)
+        self.hirshfeld_head = HirshfeldRatioHead(num_elements, f, width) if config.dispersion else None
+        self.dispersion = (Dispersion(list(config.elements), config.long_range_cutoff, config.dispersion_damping,
+                                      config.dispersion_scale) if config.dispersion else None)
+        self.long_range = bool(config.long_range)
+        self.long_range_cutoff = float(config.long_range_cutoff)
         self.tabulated = False
         self.table_points = 0
         self.to(getattr(torch, config.dtype))
@@ -130,9 +146,18 @@ class So3krates(nn.Module):
         return EdgeGeometry(r=r, rbf=rbf, rows=rows, weights=weights, phi=self.cutoff_function(r),
                             sh=self.spherical_harmonics(u))
 
-    def embed(self, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Eq. 10: x_i = W_emb[Z_i]; the Euclidean variables start at zero (as in all released code)."""
+    def embed(self, species: torch.Tensor, charge: float = 0.0, unpaired: float = 0.0
+              ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 10: x_i = W_emb[Z_i]; the Euclidean variables start at zero (as in all released code).
+        SO3LR adds the total-charge and spin embeddings and divides the sum by sqrt(number of
+        embeddings) (as its code does); charge in e, unpaired = multiplicity - 1."""
         x = self.embedding(species)
+        if self.charge_embedding is not None:
+            x = x + self.charge_embedding(species, charge)
+        if self.spin_embedding is not None:
+            x = x + self.spin_embedding(species, unpaired)
+        if self.embedding_scale != 1.0:
+            x = x / self.embedding_scale
         return x, torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
 
     def layer_step(self, t: int, x: torch.Tensor, ev: torch.Tensor, geometry: EdgeGeometry,
@@ -164,16 +189,43 @@ class So3krates(nn.Module):
             energies = energies + pair[:n].to(torch.float64)
         return energies
 
+    def long_range_terms(self, x: torch.Tensor, species: torch.Tensor, r_lr: torch.Tensor, lr_i: torch.Tensor,
+                         lr_j: torch.Tensor, charge: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """SO3LR's electrostatics and dispersion over the long-range pairs (each pair once, distances
+        r_lr): (per-atom energies (N,) float64, partial charges (N,), Hirshfeld ratios (N,))."""
+        n = x.shape[0]
+        energies = torch.zeros(n, dtype=torch.float64, device=x.device)
+        charges = x.new_zeros((0,))
+        ratios = x.new_zeros((0,))
+        if self.charge_head is not None and self.electrostatics is not None:
+            charges = self.charge_head(x, species, charge)
+            energies = energies + self.electrostatics(r_lr, charges, lr_i, lr_j, n).to(torch.float64)
+        if self.hirshfeld_head is not None and self.dispersion is not None:
+            ratios = self.hirshfeld_head(x, species)
+            energies = energies + self.dispersion(r_lr, ratios, species, lr_i, lr_j, n).to(torch.float64)
+        return energies, charges, ratios
+
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
-                species: torch.Tensor, half_list: bool = False) -> torch.Tensor:
+                species: torch.Tensor, half_list: bool = False, lr_vectors: Optional[torch.Tensor] = None,
+                lr_i: Optional[torch.Tensor] = None, lr_j: Optional[torch.Tensor] = None,
+                charge: float = 0.0, unpaired: float = 0.0) -> torch.Tensor:
         """vectors (E, 3), idx_i/idx_j (E,) receiver/sender, species (N,) model indices -> (N,) eV,
         always float64.
 
         With half_list, each edge stands for both directions of its pair (r_ji = -r_ij), and the
-        costly filter nets run once per pair instead of once per direction.
+        costly filter nets run once per pair instead of once per direction. A long-range model
+        (SO3LR) also needs the long-range pairs, each once (lr_vectors (P, 3), lr_i, lr_j), and
+        takes the total charge and the number of unpaired electrons.
         """
         geometry = self.edge_geometry(vectors)
-        x, ev = self.embed(species)
+        x, ev = self.embed(species, charge, unpaired)
         for t in range(len(self.layers)):
             x, ev = self.layer_step(t, x, ev, geometry, idx_i, idx_j, half_list)
-        return self.atomic_energies(x, species, geometry, idx_i, idx_j, half_list)
+        energies = self.atomic_energies(x, species, geometry, idx_i, idx_j, half_list)
+        if self.long_range:
+            if lr_vectors is None or lr_i is None or lr_j is None:
+                raise ValueError("this model has long-range terms (electrostatics/dispersion): pass its "
+                                 "long-range pairs (within long_range_cutoff)")
+            r_lr = torch.linalg.norm(lr_vectors, dim=-1)
+            energies = energies + self.long_range_terms(x, species, r_lr, lr_i, lr_j, charge)[0]
+        return energies

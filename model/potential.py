@@ -30,6 +30,12 @@ class Potential(nn.Module):
         self.num_layers = int(config.num_layers)
         self.interaction_range = float(config.interaction_range)
         self.elements: List[int] = [int(z) for z in config.elements]
+        # SO3LR: a second pair list up to long_range_cutoff (electrostatics, dispersion) and the
+        # structure's total charge / multiplicity as inputs.
+        self.long_range = bool(config.long_range)
+        self.long_range_cutoff = float(config.long_range_cutoff) if config.long_range else 0.0
+        self.charge_input = bool(config.charge_embedding or config.electrostatics)
+        self.spin_input = bool(config.spin_embedding)
         # Per-atom state that layer t + 1 reads from its neighbours: x (num_features) and the
         # Euclidean variables ev (num_sh); what a domain decomposition exchanges for ghost atoms.
         self.num_features = int(network.features)
@@ -76,14 +82,21 @@ class Potential(nn.Module):
                        idx_j: torch.Tensor, shifts: Optional[torch.Tensor] = None,
                        batch: Optional[torch.Tensor] = None, num_graphs: int = 1, num_local: int = -1,
                        compute_forces: bool = True, compute_virial: bool = False,
-                       create_graph: bool = False) -> Dict[str, torch.Tensor]:
+                       create_graph: bool = False, lr_i: Optional[torch.Tensor] = None,
+                       lr_j: Optional[torch.Tensor] = None, lr_shifts: Optional[torch.Tensor] = None,
+                       charge: float = 0.0, multiplicity: int = 1) -> Dict[str, torch.Tensor]:
         """Energy (per graph), per-atom energies, forces and virial from given pairs.
 
         positions (N, 3) A; species (N,) model indices; idx_i/idx_j (E,) receiver/sender;
         shifts (E, 3) Cartesian translations added to R_j - R_i; batch (N,) graph index of
         each atom; num_local >= 0 sums the energy over the first num_local atoms only (the
-        atoms a LAMMPS rank owns; the rest are ghosts).
+        atoms a LAMMPS rank owns; the rest are ghosts). A long-range model (SO3LR) also takes
+        the long-range pairs lr_i/lr_j/lr_shifts (both directions, as idx_i/idx_j), the total
+        charge (e) and the spin multiplicity 2S + 1 of the one structure given.
         """
+        if multiplicity < 1:
+            raise ValueError("multiplicity must be a positive integer (2S + 1: 1 singlet, 2 doublet, ...), got "
+                             + str(multiplicity))
         pos = positions.to(self.dtype)
         idx_i, idx_j, shifts = half_pairs(idx_i, idx_j, shifts)
         vectors = self.edge_vectors(positions, idx_i, idx_j, shifts)
@@ -92,7 +105,22 @@ class Potential(nn.Module):
             vectors = vectors.detach()
         if need_grad:
             vectors.requires_grad_(True)
-        energies = self.network(vectors, idx_i, idx_j, species, half_list=True)
+        lr_vectors: Optional[torch.Tensor] = None
+        if self.long_range:
+            if lr_i is None or lr_j is None:
+                raise ValueError("this model has long-range terms (electrostatics, dispersion): it needs the "
+                                 "pairs within its long-range cutoff of " + str(self.long_range_cutoff) + " A")
+            if batch is not None and num_graphs > 1:
+                raise ValueError("a long-range model evaluates one structure at a time (its total charge and "
+                                 "charge conservation are per structure)")
+            lr_i, lr_j, lr_shifts = half_pairs(lr_i, lr_j, lr_shifts)
+            lr_vectors = self.edge_vectors(positions, lr_i, lr_j, lr_shifts)
+            if need_grad and not create_graph:
+                lr_vectors = lr_vectors.detach()
+            if need_grad:
+                lr_vectors.requires_grad_(True)
+        energies = self.network(vectors, idx_i, idx_j, species, True, lr_vectors, lr_i, lr_j,
+                                float(charge), float(multiplicity - 1))
         counted = energies
         if num_local >= 0:
             counted = energies[:num_local]
@@ -103,10 +131,22 @@ class Potential(nn.Module):
             energy = torch.zeros(num_graphs, dtype=energies.dtype, device=energies.device).index_add_(0, b, counted)
         out: Dict[str, torch.Tensor] = {"energy": energy, "energies": energies}
         if need_grad:
-            grads = torch.autograd.grad([energy.sum()], [vectors], create_graph=create_graph, allow_unused=True)
+            inputs = [vectors]
+            if lr_vectors is not None:
+                inputs.append(lr_vectors)
+            grads = torch.autograd.grad([energy.sum()], inputs, create_graph=create_graph, allow_unused=True)
             g = grads[0]
             if g is None:
                 g = torch.zeros_like(vectors)
+            if lr_vectors is not None and lr_i is not None and lr_j is not None:
+                # The long-range pairs' gradients join the short-range ones as extra edges.
+                g_lr = grads[1]
+                if g_lr is None:
+                    g_lr = torch.zeros_like(lr_vectors)
+                idx_i = torch.cat([idx_i, lr_i])
+                idx_j = torch.cat([idx_j, lr_j])
+                vectors = torch.cat([vectors, lr_vectors])
+                g = torch.cat([g, g_lr])
             if compute_forces:
                 forces = torch.zeros_like(pos).index_add_(0, idx_i, g).index_add_(0, idx_j, -g)
                 out["forces"] = forces
@@ -172,36 +212,72 @@ class Potential(nn.Module):
         return [idx_i, idx_j, shifts]
 
     @torch.jit.export
+    def long_range_neighbors(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,
+                             pbc: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """The built-in search up to the long-range cutoff, and its short-range subset:
+        [idx_i, idx_j, shifts, lr_i, lr_j, lr_shifts] (one search, as the reference does)."""
+        cell64: Optional[torch.Tensor] = None
+        if cell is not None:
+            cell64 = cell.to(torch.float64)
+        pos = positions.to(torch.float64)
+        lr_i, lr_j, lr_shifts = neighbor_list(pos, self.long_range_cutoff, cell64, pbc)
+        d = pos.index_select(0, lr_j) - pos.index_select(0, lr_i) + lr_shifts
+        short = (d * d).sum(-1) < self.cutoff * self.cutoff
+        return [lr_i[short], lr_j[short], lr_shifts[short], lr_i, lr_j, lr_shifts]
+
+    @torch.jit.export
     def compute(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
                 cell: Optional[torch.Tensor] = None, pbc: Optional[torch.Tensor] = None,
                 edge_index: Optional[torch.Tensor] = None, shifts: Optional[torch.Tensor] = None,
                 num_local: int = -1, compute_forces: bool = True,
-                compute_virial: bool = False) -> Dict[str, torch.Tensor]:
+                compute_virial: bool = False, charge: float = 0.0, multiplicity: int = 1,
+                lr_edge_index: Optional[torch.Tensor] = None,
+                lr_shifts: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """One structure: energy (1,), energies (N,), forces (N, 3), virial (1, 3, 3).
 
         Without edge_index the built-in neighbour search is used (periodic along pbc when a
         cell is given); with edge_index (2, E) = (i, j) the caller's pairs and Cartesian
-        shifts (E, 3) are used as they are.
+        shifts (E, 3) are used as they are. A long-range model (SO3LR) takes its long-range
+        pairs as lr_edge_index/lr_shifts (or finds both lists itself when neither is given), the
+        total charge (e) and the spin multiplicity; other models ignore those.
         """
         check_positions(positions, atomic_numbers)
         species = self.species_index(atomic_numbers)
-        if edge_index is None:
+        lr_i: Optional[torch.Tensor] = None
+        lr_j: Optional[torch.Tensor] = None
+        if edge_index is None and self.long_range:
+            pairs = self.long_range_neighbors(positions, cell, pbc)
+            idx_i, idx_j, shifts = pairs[0], pairs[1], pairs[2]
+            lr_i, lr_j, lr_shifts = pairs[3], pairs[4], pairs[5]
+        elif edge_index is None:
             pairs = self.neighbors(positions, cell, pbc)
             idx_i, idx_j, shifts = pairs[0], pairs[1], pairs[2]
         else:
             idx_i, idx_j = edge_index[0], edge_index[1]
+            if lr_edge_index is not None:
+                lr_i, lr_j = lr_edge_index[0], lr_edge_index[1]
         return self.evaluate_edges(positions, species, idx_i, idx_j, shifts, None, 1, num_local,
-                                   compute_forces, compute_virial, False)
+                                   compute_forces, compute_virial, False, lr_i, lr_j, lr_shifts,
+                                   charge, multiplicity)
 
     def forward(self, positions: torch.Tensor, atomic_numbers: torch.Tensor,
                 cell: Optional[torch.Tensor] = None, pbc: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Total energy (eV, scalar), differentiable with respect to positions."""
         check_positions(positions, atomic_numbers)
         species = self.species_index(atomic_numbers)
-        pairs = self.neighbors(positions, cell, pbc)
+        if self.long_range:
+            pairs = self.long_range_neighbors(positions, cell, pbc)
+        else:
+            pairs = self.neighbors(positions, cell, pbc)
         idx_i, idx_j, shifts = half_pairs(pairs[0], pairs[1], pairs[2])
         vectors = self.edge_vectors(positions, idx_i, idx_j, shifts)
-        return self.network(vectors, idx_i, idx_j, species, half_list=True).sum()
+        lr_vectors: Optional[torch.Tensor] = None
+        lr_i: Optional[torch.Tensor] = None
+        lr_j: Optional[torch.Tensor] = None
+        if self.long_range:
+            lr_i, lr_j, lr_shifts = half_pairs(pairs[3], pairs[4], pairs[5])
+            lr_vectors = self.edge_vectors(positions, lr_i, lr_j, lr_shifts)
+        return self.network(vectors, idx_i, idx_j, species, True, lr_vectors, lr_i, lr_j).sum()
 
 
 def edge_geometry(geometry: List[torch.Tensor]) -> EdgeGeometry:

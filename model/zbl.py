@@ -46,11 +46,16 @@ def _s(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x > 0, torch.exp(-1.0 / x.clamp_min(1e-12)), torch.zeros_like(x))
 
 
-def smooth_step_off(r: torch.Tensor, r_off: float) -> torch.Tensor:
-    """w(r): 1 at r <= 0, 0 at r >= r_off, C-infinity in between (SO3LR's switching_fn with x_on = 0)."""
-    c = r / r_off
+def smooth_switch(r: torch.Tensor, r_on: float, r_off: float) -> torch.Tensor:
+    """1 at r <= r_on, 0 at r >= r_off, C-infinity in between (SO3LR's switching_fn)."""
+    c = (r - r_on) / (r_off - r_on)
     on, off = _s(1.0 - c), _s(c)
     return on / (on + off)
+
+
+def smooth_step_off(r: torch.Tensor, r_off: float) -> torch.Tensor:
+    """w(r): 1 at r <= 0, 0 at r >= r_off (smooth_switch with r_on = 0)."""
+    return smooth_switch(r, 0.0, r_off)
 
 
 class ZBLRepulsion(nn.Module):

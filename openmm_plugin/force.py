@@ -56,7 +56,7 @@ class So3kratesOpenMMModule(nn.Module):
                 raise ValueError("the so3krates force is periodic but OpenMM passed no box vectors")
             cell = boxvectors.detach().to(torch.float64) * self.angstrom_per_nm
             pbc = self.pbc
-        out = self.model.compute(pos, self.atomic_numbers, cell, pbc)
+        out = self.evaluate(pos, cell, pbc)
         # Sum the per-atom energies in float64: with per-element shifts of ~1e3 eV a float32 sum
         # over thousands of atoms would lose ~0.1 eV.
         energy = out["energies"].to(torch.float64).sum() * self.kj_per_mol_per_ev
@@ -69,6 +69,25 @@ class So3kratesOpenMMModule(nn.Module):
             forces = torch.zeros((positions.shape[0], 3), dtype=torch.float64,
                                  device=positions.device).index_copy(0, self.indices, forces)
         return energy, forces.to(positions.dtype)
+
+    def evaluate(self, pos: torch.Tensor, cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor]):
+        return self.model.compute(pos, self.atomic_numbers, cell, pbc)
+
+
+class So3kratesOpenMMChargedModule(So3kratesOpenMMModule):
+    """As So3kratesOpenMMModule, for models with a total charge / multiplicity input (SO3LR): the
+    structure's charge and multiplicity are fixed when the force is created. (A separate class:
+    files exported before these inputs existed have a compute() without them.)"""
+
+    def __init__(self, model: torch.jit.ScriptModule, atomic_numbers: List[int], indices: Optional[List[int]],
+                 periodic: bool, scaled: bool, charge: float, multiplicity: int):
+        super().__init__(model, atomic_numbers, indices, periodic, scaled)
+        self.charge = float(charge)
+        self.multiplicity = int(multiplicity)
+
+    def evaluate(self, pos: torch.Tensor, cell: Optional[torch.Tensor], pbc: Optional[torch.Tensor]):
+        return self.model.compute(pos, self.atomic_numbers, cell, pbc, None, None, -1, True, False,
+                                  self.charge, self.multiplicity)
 
 
 def _topology_numbers(topology) -> List[int]:
@@ -103,7 +122,8 @@ def model_dtype_for_precision(precision: Optional[str], metadata, model_path) ->
 
 def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = None, precision: Optional[str] = None,
                  atomic_numbers: Optional[Sequence[int]] = None, periodic: Optional[bool] = None,
-                 scale_parameter: Optional[str] = None, *, device: Optional[str] = None):
+                 scale_parameter: Optional[str] = None, *, device: Optional[str] = None,
+                 charge: Optional[float] = None, multiplicity: Optional[int] = None):
     """An openmm-torch TorchForce for the exported model at `model_path`.
 
     topology: an openmm.app.Topology (elements, and whether the system is periodic); or
@@ -117,6 +137,8 @@ def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = Non
         openmm-ml's "lambda_interpolate".
     device: 'cpu', 'cuda' or 'cuda:N' (None: 'cpu'), checked here; openmm-torch runs the model on the
         device of the Context's platform (CPU and Reference: the CPU; CUDA: that GPU).
+    charge, multiplicity: total charge (e) and spin multiplicity 2S+1 of the ML region, for models
+        with those inputs (SO3LR; default 0 and 1); an error for models without them.
     """
     from ase.data import chemical_symbols
 
@@ -151,11 +173,21 @@ def create_force(model_path, topology=None, atoms: Optional[Sequence[int]] = Non
             f"element(s) {', '.join(chemical_symbols[z] for z in missing)} (atom {atom_index} and possibly others) "
             f"are not in the model {model_path}, which knows {', '.join(chemical_symbols[z] for z in metadata['elements'])}; "
             f"model those atoms with a classical force field (pass atoms=[...] or use createMixedSystem) or retrain")
+    inputs = metadata.get("global_inputs", [])
+    from so3krates.ase import check_global_inputs
+    check_global_inputs({"charge": "charge" in inputs, "multiplicity": "multiplicity" in inputs}, charge,
+                        multiplicity, "create_force")
     if periodic and topology is not None and topology.getPeriodicBoxVectors() is not None:
         check_box(topology.getPeriodicBoxVectors(), metadata)
 
     model, _ = load_exported(model_path)
-    module = torch.jit.script(So3kratesOpenMMModule(model, ml_numbers, indices, periodic, scale_parameter is not None))
+    scaled = scale_parameter is not None
+    if inputs:
+        module = torch.jit.script(So3kratesOpenMMChargedModule(
+            model, ml_numbers, indices, periodic, scaled, 0.0 if charge is None else charge,
+            1 if multiplicity is None else multiplicity))
+    else:
+        module = torch.jit.script(So3kratesOpenMMModule(model, ml_numbers, indices, periodic, scaled))
     force = _new_force(module, periodic)
     if scale_parameter is not None:
         force.addGlobalParameter(scale_parameter, 1.0)
@@ -178,6 +210,15 @@ def check_box(box_vectors, metadata) -> None:
     from openmm import unit
     cell = np.array([[v.value_in_unit(unit.nanometer) for v in vec] for vec in box_vectors]) * ANGSTROM_PER_NM
     heights = cell_heights(torch.tensor(cell)).numpy()
+    long_range = metadata.get("long_range_cutoff_A")
+    if long_range and heights.min() < long_range:
+        # The built-in search includes every periodic image within the long-range cutoff (as the
+        # reference, So3krates-torch with matscipy, does) when each cell height is at least r_lr.
+        raise ValueError(
+            f"periodic box too small for the model's long-range terms: its smallest height is "
+            f"{heights.min() / ANGSTROM_PER_NM:.4f} nm ({heights.min():.3f} A) but the long-range cutoff "
+            f"(electrostatics, dispersion) is {long_range} A; use a box at least {long_range / ANGSTROM_PER_NM:.2f} nm "
+            f"across in every direction (more solvent)")
     if heights.min() < metadata["cutoff_A"]:
         raise ValueError(
             f"periodic box too small for the model: its smallest height is {heights.min() / ANGSTROM_PER_NM:.4f} nm "

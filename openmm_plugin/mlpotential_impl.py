@@ -2,7 +2,8 @@
 entry point's factory (`mlpotential.py`) when a user asks for it.
 
 createSystem / createMixedSystem take openmm-ml's keyword arguments: precision ('single',
-'double', or None for the model's own dtype) and device ('cpu', 'cuda', 'cuda:N'); the force is
+'double', or None for the model's own dtype), device ('cpu', 'cuda', 'cuda:N'), and charge and
+multiplicity for models with those inputs (SO3LR); the force is
 periodic when the Topology has box vectors or the System uses periodic boundary conditions.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ class So3kratesPotentialImpl(MLPotentialImpl):
         from .force import create_force
         force = create_force(self.model_path, topology, atoms=None if atoms is None else list(atoms),
                              precision=args.get("precision"), periodic=_periodic(topology, system),
-                             device=args.get("device"))
+                             device=args.get("device"), **global_inputs(args))
         force.setForceGroup(forceGroup)
         system.addForce(force)
 
@@ -47,10 +48,16 @@ class So3kratesPotentialImpl(MLPotentialImpl):
         from .force import create_force
         force = create_force(self.model_path, info["topology"], atoms=recorder.atoms,
                              precision=args.get("precision"), scale_parameter="lambda_interpolate",
-                             periodic=_periodic(info["topology"], info["system"]), device=args.get("device"))
+                             periodic=_periodic(info["topology"], info["system"]), device=args.get("device"),
+                             **global_inputs(args))
         force.setForceGroup(forceGroup)
         info["system"].addForce(force)
         return info if returnInfo else info["system"]
+
+
+def global_inputs(args) -> dict:
+    """createSystem(..., charge=, multiplicity=) -> create_force's keyword arguments (only those given)."""
+    return {k: args[k] for k in ("charge", "multiplicity") if args.get(k) is not None}
 
 
 def _periodic(topology, system) -> bool:

@@ -53,7 +53,8 @@ def build_system(model_path: str, atoms: Atoms, device: Optional[str] = None):
     periodic = frame.box_nm is not None
     if periodic:
         system.setDefaultPeriodicBoxVectors(*(Vec3(*row) for row in frame.box_nm))
-    force = create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic, device=device)
+    force = create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic, device=device,
+                         **structure_inputs(model_path, atoms))
     if periodic:
         from openmm import unit
         from .force import check_box
@@ -61,6 +62,18 @@ def build_system(model_path: str, atoms: Atoms, device: Optional[str] = None):
         check_box([Vec3(*row) * unit.nanometer for row in frame.box_nm], read_metadata(model_path))
     system.addForce(force)
     return system, frame
+
+
+def structure_inputs(model_path: str, atoms: Atoms) -> dict:
+    """charge / multiplicity from atoms.info (as the ASE calculator reads them) for models that take
+    them (SO3LR), so that every engine of `so3krates md` / `validate` sees the same structure."""
+    from so3krates.ase import structure_charge_and_multiplicity
+    from so3krates.export import read_metadata
+    inputs = read_metadata(model_path).get("global_inputs", [])
+    if not inputs:
+        return {}
+    charge, multiplicity = structure_charge_and_multiplicity(atoms, None, None)
+    return {k: v for k, v in (("charge", charge), ("multiplicity", multiplicity)) if k in inputs}
 
 
 def default_platform(model_path: str) -> str:

@@ -1,6 +1,8 @@
 """ASE calculator: energies in eV, forces in eV/A, stress in eV/A^3 (ASE conventions)."""
 from __future__ import annotations
 
+from typing import Optional
+
 import numpy as np
 import torch
 from ase.calculators.calculator import Calculator, all_changes
@@ -24,9 +26,13 @@ class So3kratesCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]
 
-    def __init__(self, model, device: str = "cpu", **kwargs):
+    def __init__(self, model, device: str = "cpu", *, charge: Optional[float] = None,
+                 multiplicity: Optional[int] = None, **kwargs):
         """model: a checkpoint or exported file; device: 'cpu', 'cuda' or 'cuda:N' (a clear error
-        when CUDA is not available)."""
+        when CUDA is not available). charge (e) and multiplicity (2S + 1) of the structure, for
+        models with those inputs (SO3LR); without them, atoms.info["charge"] and atoms.info["spin"]
+        (the multiplicity, as fairchem uses it; also atoms.info["multiplicity"]) are read, default
+        0 and 1."""
         from so3krates.devices import torch_device
         super().__init__(**kwargs)
         device = str(torch_device(device))
@@ -34,6 +40,18 @@ class So3kratesCalculator(Calculator):
         self.device = device
         self.cutoff = float(self.model.cutoff)
         self.elements = list(self.model.elements)
+        self.inputs = model_inputs(self.model)
+        check_global_inputs(self.inputs, charge, multiplicity, "So3kratesCalculator")
+        self.charge, self.multiplicity = charge, multiplicity
+
+    def check_state(self, atoms, tol=1e-15):
+        """ASE's changes, plus a changed atoms.info charge/spin for models that read them."""
+        changes = super().check_state(atoms, tol)
+        if self.atoms is not None and (self.inputs["charge"] or self.inputs["multiplicity"]):
+            keys = ("charge", "spin", "multiplicity")
+            if any(self.atoms.info.get(k) != atoms.info.get(k) for k in keys):
+                changes.append("info")
+        return changes
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
@@ -50,8 +68,20 @@ class So3kratesCalculator(Calculator):
                              f"these elements")
         pbc = np.asarray(atoms.pbc, dtype=bool)
         cell = np.asarray(atoms.cell.array, dtype=np.float64)
-        i, j, shifts = self._pairs(positions, cell, pbc)
         dev = self.device
+        extra = ()
+        if self.inputs["long_range_cutoff"] > 0 or self.inputs["charge"] or self.inputs["multiplicity"]:
+            # One search up to the long-range cutoff; the short-range pairs are its subset.
+            lr_i, lr_j, lr_shifts = self._pairs(positions, cell, pbc, max(self.inputs["long_range_cutoff"], self.cutoff))
+            d = positions[lr_j] - positions[lr_i] + lr_shifts
+            short = (d * d).sum(-1) < self.cutoff * self.cutoff
+            i, j, shifts = lr_i[short], lr_j[short], lr_shifts[short]
+            charge, multiplicity = structure_charge_and_multiplicity(atoms, self.charge, self.multiplicity)
+            extra = (float(charge), int(multiplicity),
+                     torch.stack([torch.from_numpy(lr_i), torch.from_numpy(lr_j)]).to(dev),
+                     torch.from_numpy(lr_shifts).to(dev))
+        else:
+            i, j, shifts = self._pairs(positions, cell, pbc)
         # TorchScript's graph-executor optimisation (autodiff subgraphs) makes compute(), which
         # differentiates inside the graph, slower than the plain interpreter (docs/benchmarks.md).
         with torch.jit.optimized_execution(False):
@@ -59,7 +89,7 @@ class So3kratesCalculator(Calculator):
                 out = self.model.compute(
                     torch.from_numpy(positions).to(dev), torch.from_numpy(atoms.numbers.astype(np.int64)).to(dev),
                     None, None, torch.stack([torch.from_numpy(i), torch.from_numpy(j)]).to(dev),
-                    torch.from_numpy(shifts).to(dev), -1, True, bool(pbc.all()))
+                    torch.from_numpy(shifts).to(dev), -1, True, bool(pbc.all()), *extra)
             except torch.jit.Error as exc:   # an exported model's error: its message, without the TorchScript trace
                 raise ValueError(model_error_message(exc)) from None
         energy = float(out["energy"].detach().sum())
@@ -74,5 +104,37 @@ class So3kratesCalculator(Calculator):
             stress = -virial / atoms.get_volume()
             self.results["stress"] = stress.flat[[0, 4, 8, 5, 2, 1]]
 
-    def _pairs(self, positions, cell, pbc):
-        return find_pairs(positions, cell, pbc, self.cutoff)
+    def _pairs(self, positions, cell, pbc, cutoff: Optional[float] = None):
+        return find_pairs(positions, cell, pbc, self.cutoff if cutoff is None else cutoff)
+
+
+def model_inputs(model) -> dict:
+    """What a loaded model takes besides positions and elements (files exported before SO3LR
+    support have none of these attributes)."""
+    return {"long_range_cutoff": float(getattr(model, "long_range_cutoff", 0.0)),
+            "charge": bool(getattr(model, "charge_input", False)),
+            "multiplicity": bool(getattr(model, "spin_input", False))}
+
+
+def check_global_inputs(inputs: dict, charge, multiplicity, where: str) -> None:
+    """Giving a total charge or multiplicity to a model without those inputs is an error."""
+    for name, value in (("charge", charge), ("multiplicity", multiplicity)):
+        if value is not None and not inputs[name]:
+            raise ValueError(f"{where}: {name}={value!r} given, but this model has no {name} input (only SO3LR-like "
+                             f"models with charge/spin embeddings take it); leave {name} out")
+    if multiplicity is not None and (int(multiplicity) != multiplicity or multiplicity < 1):
+        raise ValueError(f"{where}: multiplicity must be a positive integer (2S+1: 1 singlet, 2 doublet, "
+                         f"3 triplet), got {multiplicity!r}")
+    if charge is not None and int(charge) != charge:
+        raise ValueError(f"{where}: charge must be a whole number of elementary charges, got {charge!r}")
+
+
+def structure_charge_and_multiplicity(atoms, charge, multiplicity):
+    """The calculator's values, else atoms.info["charge"] and atoms.info["spin"] /
+    atoms.info["multiplicity"] (the multiplicity 2S+1), else 0 and 1."""
+    if charge is None:
+        charge = atoms.info.get("charge", 0)
+    if multiplicity is None:
+        multiplicity = atoms.info.get("multiplicity", atoms.info.get("spin", 1))
+    check_global_inputs({"charge": True, "multiplicity": True}, charge, multiplicity, "atoms.info")
+    return charge, multiplicity

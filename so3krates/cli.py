@@ -20,6 +20,7 @@ VERB_MODULES = [
     "so3krates.validation.cli",        # validate
     "so3krates.validation.stability_cli",  # stability
     "so3krates.demo",                  # demo
+    "so3krates.pretrained.cli",        # pretrained
 ]
 
 

@@ -107,8 +107,9 @@ def random_water(n_molecules: int = 12, box: float = 9.0, seed: int = 0, cell=No
     return Atoms(numbers=numbers, positions=positions, cell=cell, pbc=True)
 
 
-def openmm_context(model_path, atoms: Atoms, platform: str = "Reference", positions=None):
-    """A real OpenMM Context whose only force is create_force's TorchForce: (context, frame)."""
+def openmm_context(model_path, atoms: Atoms, platform: str = "Reference", positions=None, **force_options):
+    """A real OpenMM Context whose only force is create_force's TorchForce: (context, frame);
+    force_options go to create_force (e.g. charge=, multiplicity=)."""
     import openmm
     from so3krates.openmm_plugin import create_force
     from so3krates.openmm_plugin.system import openmm_frame
@@ -119,7 +120,7 @@ def openmm_context(model_path, atoms: Atoms, platform: str = "Reference", positi
     periodic = frame.box_nm is not None
     if periodic:
         system.setDefaultPeriodicBoxVectors(*(openmm.Vec3(*row) for row in frame.box_nm))
-    system.addForce(create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic))
+    system.addForce(create_force(model_path, atomic_numbers=atoms.numbers, periodic=periodic, **force_options))
     ctx = openmm.Context(system, openmm.VerletIntegrator(0.0005), openmm.Platform.getPlatformByName(platform))
     ctx.setPositions(frame.positions_nm if positions is None else positions)
     return ctx, frame
