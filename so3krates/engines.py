@@ -41,7 +41,7 @@ class MDSettings:
     temperature: float = 300.0       # K: initial velocities, and the thermostat for nvt and npt
     timestep_fs: float = 0.5
     steps: int = 1000
-    friction_per_ps: float = 1.0     # Langevin friction for nvt
+    friction_per_ps: float = 1.0     # Langevin friction for nvt; npt: thermostat time 1/friction
     seed: int = 0
     log_every: int = 10              # steps between log rows
     traj_every: int = 100            # steps between trajectory frames (0: none)
@@ -76,7 +76,7 @@ class MDObserver(Protocol):
     An exception it raises stops the run and reaches the caller of run_md."""
 
     def row(self, step: int, potential_eV: float, kinetic_eV: float) -> None:
-        ...
+        """In npt runs also called with the keyword volume_A3 (the cell volume, A^3)."""
 
     def frame(self, step: int, atoms: Atoms) -> None:
         ...

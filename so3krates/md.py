@@ -180,7 +180,8 @@ def register(subparsers) -> None:
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--friction", type=float, default=1.0, help="Langevin friction, 1/ps (nvt)")
+    p.add_argument("--friction", type=float, default=1.0,
+                   help="Langevin friction, 1/ps (nvt); npt: the thermostat time is 1/friction")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--log-every", type=int, default=10)
     p.add_argument("--traj-every", type=int, default=100)

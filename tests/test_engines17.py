@@ -21,16 +21,9 @@ from so3krates.export import export_model
 from so3krates.structures import water_box
 
 from conftest import random_network
+from test_openmm import one_torch_thread  # noqa: F401  (autouse: one torch thread for in-process OpenMM)
 
 NO_CUDA = not torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -244,15 +237,13 @@ def test_lammps_warns_when_a_type_mass_does_not_match_its_element(models, tmp_pa
     assert len(warnings) == 2, warnings
     assert "atom type 1 has mass 1.008 but pair_coeff maps it to O (standard mass 15.999)" in warnings[0]
     assert "check the element order in pair_coeff" in warnings[0]
-    right = lammps_run(tmp_path, models["float64"], "H O")
-    assert right.returncode == 0 and "mass" not in "".join(
-        line for line in right.stdout.splitlines() if line.startswith("WARNING"))
+    right = lammps_run(tmp_path, models["float64"], "H O", "pair_style so3krates device cpu")
+    assert right.returncode == 0, right.stdout[-2000:] + right.stderr[-2000:]
+    assert "mass" not in "".join(line for line in right.stdout.splitlines() if line.startswith("WARNING"))
+    assert "dtype, device      float64, cpu" in right.stdout   # the device keyword, cpu
 
 
-def test_lammps_device_keyword(models, tmp_path):
-    cpu = lammps_run(tmp_path, models["float64"], "H O", "pair_style so3krates device cpu")
-    assert cpu.returncode == 0, cpu.stdout[-2000:] + cpu.stderr[-2000:]
-    assert "dtype, device      float64, cpu" in cpu.stdout
+def test_lammps_device_keyword_errors(models, tmp_path):
     bad = lammps_run(tmp_path, models["float64"], "H O", "pair_style so3krates device tpu")
     assert bad.returncode > 0 and "write 'device cpu', 'device cuda'" in bad.stdout + bad.stderr
     if NO_CUDA:
