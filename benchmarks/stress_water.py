@@ -118,6 +118,7 @@ def main() -> int:
     p.add_argument("--test-fraction", type=float, default=0.25)
     p.add_argument("--preset", default="tiny")
     p.add_argument("--minutes", type=float, default=2.0, help="training budget per model")
+    p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--stress-weight", type=float, default=1000.0, help="the run with stresses (the other has 0)")
     p.add_argument("--npt-ps", type=float, default=2.0)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
@@ -157,7 +158,8 @@ def main() -> int:
         if "train" in args.stages and not (run / "best.ckpt").is_file():
             train(TrainOptions(train=str(out / "train.xyz"), out=str(run), preset=args.preset,
                                max_time=60 * args.minutes, seed=args.seed, threads=1, progress=False,
-                               valid_fraction=0.1, stress_weight=weight, warmup_steps=20))
+                               valid_fraction=0.1, stress_weight=weight, warmup_steps=20,
+                               batch_size=args.batch_size))
         row = {"stress_weight": weight}
         if "evaluate" in args.stages:
             row.update(evaluate(run / "best.ckpt", out / "test.xyz"))

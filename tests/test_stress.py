@@ -195,6 +195,8 @@ def test_training_on_stresses_lowers_the_stress_error(water_frames, tmp_path, ca
     assert "GPa), pressure MAE" in capsys.readouterr().out
     assert cli(["train", "--train", str(water_frames), "--out", str(tmp_path / "bad"), "--epochs", "1",
                 "--stress-weight", "-1"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--stress-weight must be a finite number >= 0 (0: stresses not trained)" in err[0]
 
 
 def test_same_composition_shifts_are_regularised_and_said(capsys):
