@@ -18,13 +18,17 @@ from conftest import ethanol, random_network, random_water, triclinic
 from so3krates import engines
 from so3krates.cli import main as cli
 from so3krates.export import export_model, load_model, read_metadata
-from so3krates.fused import LIBRARY_ENV, is_loaded
+from so3krates.fused import LIBRARY_ENV, load
 from so3krates.model import Potential
 from so3krates.model.checkpoint import save_checkpoint
 from so3krates.model.layers import set_fused
 from so3krates.model.potential import half_pairs
 
-pytestmark = pytest.mark.skipif(not is_loaded(), reason="libso3krates_ops.so not built")
+
+
+def test_the_operator_is_built_and_loads():
+    """`pip install .` builds libso3krates_ops.so; every fused export (the default) needs it."""
+    assert load()
 
 TOLERANCE = 1e-12
 
@@ -180,7 +184,7 @@ def test_export_flag_and_metadata(tmp_path):
     # A plain file's code does not mention the operator: it loads where the operator is missing.
     for module, calls in ((fused, True), (plain, False)):
         for block in ("invariant_attention", "euclidean_attention"):
-            assert ("so3krates.edge_attention" in getattr(getattr(module.network.layers, "0"), block).code) is calls
+            assert ("edge_attention" in getattr(getattr(module.network.layers, "0"), block).code) is calls
     args = inputs(ethanol())
     assert_close(plain.compute(*args)["forces"], fused.compute(*args)["forces"], "forces")
 
