@@ -29,7 +29,7 @@ from .data import Structure, collate, dataset_sha256, make_graphs, neighbor_pair
 from .evaluate import error_metrics, predict_graphs
 from .network import So3krates
 from .potential import Potential
-from .schedule import SCHEDULES, BudgetSchedule, PlateauSchedule, make_schedule  # noqa: F401 (PlateauSchedule: API)
+from .schedule import SCHEDULES, BudgetSchedule, make_schedule
 
 
 @dataclass

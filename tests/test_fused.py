@@ -26,8 +26,14 @@ from so3krates.model.potential import half_pairs
 
 
 
+@pytest.fixture(autouse=True)
+def operator_loaded():
+    """`pip install .` builds libso3krates_ops.so; every fused export (the default) needs it. Loaded
+    here so that each test also runs alone (the operator is otherwise loaded with a model)."""
+    assert load(), "libso3krates_ops.so is not built or does not load"
+
+
 def test_the_operator_is_built_and_loads():
-    """`pip install .` builds libso3krates_ops.so; every fused export (the default) needs it."""
     assert load()
 
 TOLERANCE = 1e-12
@@ -149,7 +155,7 @@ def test_fused_forces_and_virial_match_finite_differences():
 def test_operator_gradcheck(values_per_edge, mirrored):
     """The hand-written backward against finite differences of the operator, every input."""
     g = torch.Generator().manual_seed(1)
-    atoms, edges, features, heads = 5, 9, 8, 2
+    atoms, edges, features = 5, 9, 8
     segments = [0, 3, 8] if values_per_edge else [0, 4, 8]
     q, k = (torch.randn(atoms, features, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
     w = torch.randn(edges, features, generator=g, dtype=torch.float64, requires_grad=True)
