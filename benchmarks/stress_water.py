@@ -120,6 +120,9 @@ def main() -> int:
     p.add_argument("--minutes", type=float, default=2.0, help="training budget per model")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--stress-weight", type=float, default=1000.0, help="the run with stresses (the other has 0)")
+    p.add_argument("--only-stress", action="store_true", help="train only the run with stresses (not the --stress-weight 0 one)")
+    p.add_argument("--npt-replicate", type=int, default=1,
+                   help="NPT on the held-out start frame repeated N x N x N times (a larger box for steadier densities)")
     p.add_argument("--npt-ps", type=float, default=2.0)
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
     p.add_argument("--seed", type=int, default=0)
@@ -152,7 +155,7 @@ def main() -> int:
     if args.stages == ["sample"]:
         return 0
     models = {}
-    for weight in (0.0, args.stress_weight):
+    for weight in ((args.stress_weight,) if args.only_stress else (0.0, args.stress_weight)):
         name = f"stress_weight_{weight:g}"
         run = out / name
         if "train" in args.stages and not (run / "best.ckpt").is_file():
@@ -169,6 +172,7 @@ def main() -> int:
         if "npt" in args.stages:
             export_model(run / "best.ckpt", run / "model.pt", "float64")
             start = test_frames[len(test_frames) // len(args.densities) * (len(args.densities) // 2)]
+            start = start.repeat(args.npt_replicate)
             row["npt"] = npt_density(run / "model.pt", start, args, run / "npt")
             print(f"{name}: NPT ({args.npt_ps:g} ps, 1 bar, {args.temperature:g} K) mean density "
                   f"{row['npt']['mean_density_g_cm3']:.3f} +- {row['npt']['std_density_g_cm3']:.3f} g/cm3", flush=True)
@@ -182,6 +186,7 @@ def main() -> int:
                       "n_train": len(train_frames), "n_test": len(test_frames), **reference},
         "models": models, "work_folder": str(out),
     }
+    result["npt_atoms"] = len(test_frames[0]) * args.npt_replicate ** 3
     key = {"molecules": args.molecules, "minutes": args.minutes, "npt_ps": args.npt_ps, "preset": args.preset}
     record_run(args.json, result, key)
     print(f"wrote {args.json}")
