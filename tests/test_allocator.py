@@ -76,3 +76,12 @@ def test_malloc_tuning_keeps_large_blocks_in_the_heap_when_asked_for(export_rand
     assert mmapped_blocks("-", {}) >= 1                     # glibc's default: a 200 MB block is mmapped
     assert mmapped_blocks(model, {}) >= 1                   # loading a model changes nothing by default
     assert mmapped_blocks(model, {"SO3KRATES_MALLOC_TUNING": "1"}) == 0   # asked for: from the heap
+
+
+def test_python_dash_m_so3krates_is_the_command():
+    """`python -m so3krates` (a venv without its bin/ on PATH) runs the same command line as `so3krates`."""
+    proc = subprocess.run([sys.executable, "-m", "so3krates", "--version"], capture_output=True, text=True, timeout=120)
+    direct = subprocess.run([sys.executable, "-m", "so3krates.cli", "--version"], capture_output=True, text=True,
+                            timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == direct.stdout and proc.stdout.startswith("so3krates")
