@@ -144,3 +144,13 @@ def trained_ethanol(tmp_path_factory) -> Path:
                 "--threads", "1", "--quiet"]) == 0
     export_model(folder / "run" / "best.ckpt", folder / "ethanol.pt", "float64")
     return folder / "ethanol.pt"
+
+
+@pytest.fixture(scope="session")
+def so3lr_file(tmp_path_factory) -> str:
+    """`so3krates pretrained so3lr -o so3lr.pt` (float64, default radial table), through the CLI's main;
+    once per session (test_so3lr.py, test_lammps_so3lr.py)."""
+    from so3krates.cli import main
+    path = tmp_path_factory.mktemp("so3lr") / "so3lr.pt"
+    assert main(["pretrained", "so3lr", "-o", str(path)]) == 0
+    return str(path)
