@@ -7,6 +7,7 @@ Markers (pyproject.toml): `mpi` for tests that start several MPI ranks, `slow` f
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +20,25 @@ from ase.build import molecule
 from so3krates.export import export_model
 from so3krates.model import So3krates
 from so3krates.model.config import preset
+
+
+LONG_TESTS = "SO3KRATES_LONG_TESTS"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: minutes on 2 cores; skipped unless SO3KRATES_LONG_TESTS=1 "
+                                       "(`make test-long` runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of several minutes each (a 2 ps MD run of a large pretrained model) would push `make test`
+    past its budget: they are skipped, with the command that runs them, unless asked for."""
+    if os.environ.get(LONG_TESTS) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"long test (minutes): run it with `make test-long` ({LONG_TESTS}=1)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 ELEMENTS = [1, 6, 8]
 # Realistic per-element shifts (eV): energies of the size of real ones exercise float32 round-off.

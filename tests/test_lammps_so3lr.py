@@ -180,6 +180,7 @@ def test_validate_cli_with_all_engines(so3lr_file, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_nve_two_picoseconds_of_water_conserve_energy(so3lr_file):
     """2 ps of SO3LR water in LAMMPS (float64, 0.5 fs, NVE from 300 K): drift below 0.05 meV/atom/ps.
     8 molecules in a 6.2 A periodic box: every atom meets dozens of its own images within the 12 A
