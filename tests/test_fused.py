@@ -169,6 +169,52 @@ def test_operator_gradcheck(values_per_edge, mirrored):
     assert torch.autograd.gradcheck(op, (q, k, w, scale, values))
 
 
+@pytest.mark.parametrize("values_per_edge", [False, True], ids=["atom-values", "edge-values"])
+def test_operator_partial_gradients(values_per_edge):
+    """Each input's gradient alone (the backward skips the passes nobody needs) equals its gradient
+    when all five are asked for."""
+    g = torch.Generator().manual_seed(2)
+    atoms, edges, features = 6, 11, 8
+    segments = [0, 3, 8] if values_per_edge else [0, 4, 8]
+    tensors = [torch.randn(atoms, features, generator=g, dtype=torch.float64),
+               torch.randn(atoms, features, generator=g, dtype=torch.float64),
+               torch.randn(edges, features, generator=g, dtype=torch.float64),
+               torch.rand(edges, generator=g, dtype=torch.float64),
+               torch.randn(edges if values_per_edge else atoms, 8, generator=g, dtype=torch.float64)]
+    parity = torch.tensor([-1.0] * 3 + [1.0] * 5, dtype=torch.float64)
+    idx_i = torch.randint(0, atoms, (edges,), generator=g)
+    idx_j = torch.randint(0, atoms, (edges,), generator=g)
+    weights = torch.randn(atoms, 8, generator=g, dtype=torch.float64)
+
+    def grads(wanted):
+        inputs = [t.clone().requires_grad_(n in wanted) for n, t in enumerate(tensors)]
+        out = torch.ops.so3krates.edge_attention(*inputs[:5], parity, segments, idx_i, idx_j, atoms,
+                                                 values_per_edge, True)
+        return torch.autograd.grad((out * weights).sum(), [inputs[n] for n in wanted])
+
+    everything = grads(range(5))
+    assert all(float(d.abs().max()) > 0 for d in everything)
+    for n in range(5):
+        assert torch.equal(grads([n])[0], everything[n]), f"input {n}"
+
+
+def test_both_instruction_set_variants_equal_plain(monkeypatch):
+    """The operator's passes are compiled twice, for any x86-64 (SSE2) and for AVX2, and picked at run
+    time; SO3KRATES_OPS_ISA=baseline forces the first. Both give the plain path's numbers, and they
+    agree with each other in float32 to round-off."""
+    plain, fused = pair(True, zbl_repulsion=True)
+    args = inputs(triclinic(random_water(12)))
+    reference = plain.compute(*args, compute_virial=True)
+    results = {}
+    for isa in ("baseline", "native"):
+        monkeypatch.setenv("SO3KRATES_OPS_ISA", isa)
+        out = fused.compute(*args, compute_virial=True)
+        for key in ("energy", "forces", "virial"):
+            assert_close(reference[key].detach(), out[key].detach(), f"{key} ({isa})")
+        results[isa] = copy.deepcopy(fused).float().compute(*args)["forces"].detach()
+    assert torch.allclose(results["baseline"], results["native"], rtol=0, atol=1e-5 * float(results["native"].abs().max()))
+
+
 def test_second_derivatives_refused():
     _, fused = pair(False)
     pos, z, _, _ = inputs(ethanol())
