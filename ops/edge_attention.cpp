@@ -24,17 +24,14 @@
 #include <torch/types.h>
 
 #include <cstdint>
-#include <cstdlib>
-#include <string>
 #include <vector>
+
+#include "isa.h"
 
 namespace so3krates_ops {
 
 using at::Tensor;
 
-// The per-message helpers are inlined into each pass, so that they are compiled for the
-// instruction set of the pass's variant (see "Instruction sets" below).
-#define SO3KRATES_INLINE __attribute__((always_inline)) inline
 
 // Directed messages grouped by one of their atoms: offsets (N + 1) and, per message, the edge and
 // its direction (0: i <- j, 1: j <- i). Counting sort, stable: within an atom, edge order.
@@ -184,9 +181,6 @@ static void check_inputs(const Tensor &q, const Tensor &k, const Tensor &w, cons
   }
 }
 
-// Grain sizes of at::parallel_for: atoms (or edges) per task.
-constexpr int64_t GRAIN = 64;
-
 // What the passes over the messages read and write (null where a pass is not wanted).
 template <typename scalar_t>
 struct Passes {
@@ -301,38 +295,10 @@ _Pragma("omp simd")
     }
 }
 
-// Instruction sets. The build targets any x86-64 (SSE2: 2 doubles or 4 floats per vector
-// instruction); where the CPU has AVX2, each pass runs a copy compiled for it (twice as wide),
-// picked at run time. No FMA: the same operations, so the same numbers up to the order of the
-// vectorised sums. SO3KRATES_OPS_ISA=baseline forces the SSE2 copies (tests, comparisons).
-#define SO3KRATES_VARIANTS(pass)                                                                          \
-  template <typename scalar_t>                                                                             \
-  __attribute__((target("avx2"))) void pass##_avx2(const Passes<scalar_t> &j, int64_t begin, int64_t end) { \
-    pass(j, begin, end);                                                                                   \
-  }                                                                                                        \
-  template <typename scalar_t>                                                                             \
-  void pass##_baseline(const Passes<scalar_t> &j, int64_t begin, int64_t end) {                            \
-    pass(j, begin, end);                                                                                   \
-  }
 SO3KRATES_VARIANTS(forward_range)
 SO3KRATES_VARIANTS(receiver_range)
 SO3KRATES_VARIANTS(sender_range)
 SO3KRATES_VARIANTS(edge_range)
-
-static bool use_avx2() {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  const char *forced = std::getenv("SO3KRATES_OPS_ISA");
-  return has_avx2 && !(forced && std::string(forced) == "baseline");
-}
-
-// Runs a pass over [0, n) in parallel, in the variant for this CPU.
-template <typename scalar_t>
-static void run(void (*avx2)(const Passes<scalar_t> &, int64_t, int64_t),
-                void (*baseline)(const Passes<scalar_t> &, int64_t, int64_t), const Passes<scalar_t> &j, int64_t n) {
-  const auto pass = use_avx2() ? avx2 : baseline;
-  at::parallel_for(0, n, GRAIN, [&](int64_t begin, int64_t end) { pass(j, begin, end); });
-}
-#define SO3KRATES_RUN(pass, j, n) run<scalar_t>(pass##_avx2<scalar_t>, pass##_baseline<scalar_t>, j, n)
 
 // The forward pass. With `products` given (the autograd path), also keeps each message's
 // s_h = sum_d q w k (before the scale) in it, (E * directions, heads), message (e, dir) in row
@@ -360,7 +326,7 @@ static Tensor forward_pass(const Tensor &q_in, const Tensor &k_in, const Tensor 
     j.out = out.data_ptr<scalar_t>();
     j.products = products ? products->data_ptr<scalar_t>() : nullptr;
     j.directions = directions;
-    SO3KRATES_RUN(forward_range, j, num_atoms);
+    SO3KRATES_RUN(forward_range, Passes<scalar_t>, j, num_atoms);
   });
   return out;
 }
@@ -407,7 +373,7 @@ std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Ten
       const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, true);
       j.messages = &by_receiver;
       j.dq = needed[0] ? dq.data_ptr<scalar_t>() : nullptr;
-      SO3KRATES_RUN(receiver_range, j, num_atoms);
+      SO3KRATES_RUN(receiver_range, Passes<scalar_t>, j, num_atoms);
       j.dq = nullptr;
     }
     if (needed[1] || atom_values) {
@@ -415,14 +381,14 @@ std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Ten
       j.messages = &by_sender;
       j.dk = needed[1] ? dk.data_ptr<scalar_t>() : nullptr;
       j.dvalues = atom_values ? dvalues.data_ptr<scalar_t>() : nullptr;
-      SO3KRATES_RUN(sender_range, j, num_atoms);
+      SO3KRATES_RUN(sender_range, Passes<scalar_t>, j, num_atoms);
       j.dk = j.dvalues = nullptr;
     }
     if (needed[2] || needed[3] || edge_values) {
       j.dw = needed[2] ? dw.data_ptr<scalar_t>() : nullptr;
       j.dscale = needed[3] ? dscale.data_ptr<scalar_t>() : nullptr;
       j.dvalues = edge_values ? dvalues.data_ptr<scalar_t>() : nullptr;
-      SO3KRATES_RUN(edge_range, j, p.num_edges);
+      SO3KRATES_RUN(edge_range, Passes<scalar_t>, j, p.num_edges);
     }
   });
   return {dq, dk, dw, dscale, dvalues};
