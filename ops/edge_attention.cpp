@@ -122,6 +122,23 @@ _Pragma("omp simd reduction(+ : sum)")
       g[h] = sum;
     }
   }
+
+  // target[d] (+)= g_h scale_e x[d] y[d] over each head's features d: the backward's dq, dk, dw rows
+  // (assign: the first write of a row that is not zero-filled).
+  SO3KRATES_INLINE void add_gated_products(scalar_t *__restrict__ target, const scalar_t *g, scalar_t scale_e,
+                                           const scalar_t *__restrict__ x, const scalar_t *__restrict__ y,
+                                           bool assign) const {
+    for (int64_t h = 0; h < heads; ++h) {
+      const scalar_t gs = g[h] * scale_e;
+      if (assign) {
+_Pragma("omp simd")
+        for (int64_t d = h * width; d < (h + 1) * width; ++d) target[d] = gs * x[d] * y[d];
+      } else {
+_Pragma("omp simd")
+        for (int64_t d = h * width; d < (h + 1) * width; ++d) target[d] += gs * x[d] * y[d];
+      }
+    }
+  }
 };
 
 template <typename scalar_t>
@@ -216,7 +233,7 @@ SO3KRATES_INLINE void forward_range(const Passes<scalar_t> &j, int64_t begin, in
 template <typename scalar_t>
 SO3KRATES_INLINE void receiver_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
   const Problem<scalar_t> &p = *j.p;
-  const int64_t F = p.features, c = p.width, H = p.heads;
+  const int64_t F = p.features, H = p.heads;
   for (int64_t a = begin; a < end; ++a)
     for (int64_t m = j.messages->offsets[a]; m < j.messages->offsets[a + 1]; ++m) {
       const int64_t e = j.messages->edge[m];
@@ -224,15 +241,7 @@ SO3KRATES_INLINE void receiver_range(const Passes<scalar_t> &j, int64_t begin, i
       const int64_t b = p.sender(e, dir);
       scalar_t *g = j.value_grads + (e * j.directions + dir) * H;
       p.value_products(e, dir, a, b, j.grad_out, g);
-      if (!j.dq) continue;
-      scalar_t *__restrict__ target = j.dq + a * F;
-      const scalar_t *__restrict__ we = p.w + e * F;
-      const scalar_t *__restrict__ kb = p.k + b * F;
-      for (int64_t h = 0; h < H; ++h) {
-        const scalar_t gs = g[h] * p.scale[e];
-_Pragma("omp simd")
-        for (int64_t d = h * c; d < (h + 1) * c; ++d) target[d] += gs * we[d] * kb[d];
-      }
+      if (j.dq) p.add_gated_products(j.dq + a * F, g, p.scale[e], p.w + e * F, p.k + b * F, false);
     }
 }
 
@@ -240,23 +249,14 @@ _Pragma("omp simd")
 template <typename scalar_t>
 SO3KRATES_INLINE void sender_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
   const Problem<scalar_t> &p = *j.p;
-  const int64_t F = p.features, c = p.width, H = p.heads;
+  const int64_t F = p.features, H = p.heads;
   for (int64_t b = begin; b < end; ++b)
     for (int64_t m = j.messages->offsets[b]; m < j.messages->offsets[b + 1]; ++m) {
       const int64_t e = j.messages->edge[m];
       const int dir = j.messages->direction[m];
       const int64_t a = p.receiver(e, dir);
       const int64_t slot = (e * j.directions + dir) * H;
-      if (j.dk) {
-        scalar_t *__restrict__ target = j.dk + b * F;
-        const scalar_t *__restrict__ we = p.w + e * F;
-        const scalar_t *__restrict__ qa = p.q + a * F;
-        for (int64_t h = 0; h < H; ++h) {
-          const scalar_t gs = j.value_grads[slot + h] * p.scale[e];
-_Pragma("omp simd")
-          for (int64_t d = h * c; d < (h + 1) * c; ++d) target[d] += gs * we[d] * qa[d];
-        }
-      }
+      if (j.dk) p.add_gated_products(j.dk + b * F, j.value_grads + slot, p.scale[e], p.w + e * F, p.q + a * F, false);
       if (j.dvalues)
         for (int64_t h = 0; h < H; ++h)
           p.add_value(j.dvalues + b * p.value_width, j.products[slot + h] * p.scale[e],
@@ -268,25 +268,14 @@ _Pragma("omp simd")
 template <typename scalar_t>
 SO3KRATES_INLINE void edge_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
   const Problem<scalar_t> &p = *j.p;
-  const int64_t F = p.features, c = p.width, H = p.heads;
+  const int64_t F = p.features, H = p.heads;
   for (int64_t e = begin; e < end; ++e)
     for (int dir = 0; dir < j.directions; ++dir) {
       const int64_t a = p.receiver(e, dir), b = p.sender(e, dir);
       const int64_t slot = (e * j.directions + dir) * H;
+      // The heads cover dw's row: the first direction writes it (dw is not zero-filled).
+      if (j.dw) p.add_gated_products(j.dw + e * F, j.value_grads + slot, p.scale[e], p.q + a * F, p.k + b * F, dir == 0);
       for (int64_t h = 0; h < H; ++h) {
-        if (j.dw) {
-          const scalar_t gs = j.value_grads[slot + h] * p.scale[e];
-          scalar_t *__restrict__ target = j.dw + e * F;
-          const scalar_t *__restrict__ qa = p.q + a * F;
-          const scalar_t *__restrict__ kb = p.k + b * F;
-          if (dir == 0) {   // the heads cover the row: the first direction writes it (dw is not zeroed)
-_Pragma("omp simd")
-            for (int64_t d = h * c; d < (h + 1) * c; ++d) target[d] = gs * qa[d] * kb[d];
-          } else {
-_Pragma("omp simd")
-            for (int64_t d = h * c; d < (h + 1) * c; ++d) target[d] += gs * qa[d] * kb[d];
-          }
-        }
         if (j.dscale) j.dscale[e] += j.value_grads[slot + h] * j.products[slot + h];
         if (j.dvalues)
           p.add_value(j.dvalues + e * p.value_width, j.products[slot + h] * p.scale[e],
