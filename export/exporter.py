@@ -33,8 +33,10 @@ class NotASo3kratesModel(ValueError):
     pass
 
 
-# The custom operator a fused export calls (ops/edge_attention.cpp, so3krates/fused.py).
+# The custom operators a fused export calls (ops/, so3krates/fused.py): the edge pass, and the
+# table lookup of tabulated radial filters.
 FUSED_OPERATOR = "so3krates::edge_attention"
+LOOKUP_OPERATOR = "so3krates::hermite_lookup"
 
 
 def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str, Any]] = None,
@@ -61,7 +63,7 @@ def build_metadata(network: So3krates, dtype: str, provenance: Optional[Dict[str
         # The edge pass of the attention blocks: the fused C++ operator (inference only: no second
         # derivatives), or plain PyTorch. `operators`: the custom operators a reader must load.
         "fused": bool(fused),
-        "operators": [FUSED_OPERATOR] if fused else [],
+        "operators": ([FUSED_OPERATOR] + ([LOOKUP_OPERATOR] if network.tabulated else [])) if fused else [],
         **long_range_metadata(cfg),
         "config": {**cfg.to_dict(), "dtype": dtype},
         "provenance": {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -188,8 +190,16 @@ def read_metadata(path: str | os.PathLike) -> Dict[str, Any]:
 def require_operators(path: str | os.PathLike, metadata: Dict[str, Any]) -> None:
     """A fused model needs its operator registered before torch.jit.load: say so in one line."""
     if metadata.get("fused"):
-        from so3krates.fused import require
+        from so3krates.fused import library_path, require
         require(f"{path} (exported with --fused 1)")
+        for name in metadata.get("operators", []):
+            namespace, op = name.split("::")
+            try:
+                getattr(getattr(torch.ops, namespace), op)
+            except (AttributeError, RuntimeError):
+                raise RuntimeError(f"{path} needs the operator {name}, which the loaded operator library "
+                                   f"({library_path()}) does not have (built before it was added): rebuild "
+                                   f"so3krates (`make install`) or export the model with --fused 0") from None
 
 
 def load_exported(path: str | os.PathLike, device: str = "cpu") -> Tuple[torch.jit.ScriptModule, Dict[str, Any]]:

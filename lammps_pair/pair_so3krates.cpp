@@ -158,11 +158,28 @@ void PairSo3krates::settings(int narg, char **arg)
     } else if (strcmp(arg[iarg], "device") == 0 && iarg + 1 < narg) {
       select_device(arg[iarg + 1]);
       iarg += 2;
+    } else if (strcmp(arg[iarg], "charge") == 0 && iarg + 1 < narg) {
+      // the structure's total charge (e), for models with that input (SO3LR)
+      total_charge = utils::numeric(FLERR, arg[iarg + 1], false, lmp);
+      if (total_charge != std::round(total_charge))
+        error->all(FLERR, "pair_style so3krates charge {}: give the total charge as a whole number of "
+                   "elementary charges (e.g. 'charge 0', 'charge -1')", arg[iarg + 1]);
+      charge_given = true;
+      iarg += 2;
+    } else if (strcmp(arg[iarg], "multiplicity") == 0 && iarg + 1 < narg) {
+      // the spin multiplicity 2S + 1 (1 singlet, 2 doublet, ...), for models with that input (SO3LR)
+      multiplicity = utils::inumeric(FLERR, arg[iarg + 1], false, lmp);
+      if (multiplicity < 1)
+        error->all(FLERR, "pair_style so3krates multiplicity {}: give the spin multiplicity 2S+1 as a positive "
+                   "integer (1 singlet, 2 doublet, 3 triplet)", arg[iarg + 1]);
+      multiplicity_given = true;
+      iarg += 2;
     } else {
       error->all(FLERR,
                  "pair_style so3krates: unknown argument '{}'; write 'pair_style so3krates' "
-                 "(optionally 'threads N' and 'device cpu|cuda|cuda:N'); the model file and elements go "
-                 "into 'pair_coeff * * model.pt C H O'",
+                 "(optionally 'threads N', 'device cpu|cuda|cuda:N', and for models with those inputs "
+                 "'charge Q' and 'multiplicity M'); the model file and elements go into "
+                 "'pair_coeff * * model.pt C H O'",
                  arg[iarg]);
     }
   }
@@ -297,6 +314,11 @@ void PairSo3krates::load_model(const std::string &path)
   model_takes_pairs = false;
   if (model_format >= FIRST_STAGED_FORMAT && model.find_method("stage_layer"))
     model_takes_pairs = model.get_method("stage_layer").function().getSchema().argumentIndexWithName("num_pairs").has_value();
+  // Long-range models (SO3LR) need the stages added with this plugin version (docs/model-format.md).
+  if (long_range && !(model.find_method("stage_atom_properties") && model.find_method("stage_long_range")))
+    error->all(FLERR, "pair_coeff: '{}' is a long-range model (long-range cutoff {} A) exported before the pair "
+               "style could run those (it lacks the stage_long_range method); export it again with this "
+               "so3krates ('so3krates pretrained so3lr -o so3lr.pt' or 'so3krates export')", path, long_range_cutoff);
   model.eval();
   // Only gradients with respect to inputs are taken: no graph for the weights.
   for (auto p : model.parameters()) p.set_requires_grad(false);
@@ -309,11 +331,16 @@ void PairSo3krates::read_metadata(const std::string &path, const std::string &te
   if (text.empty())
     error->all(FLERR, "pair_coeff: '{}' is a TorchScript file but not a so3krates model (it has no extra/{} "
                "metadata); {}", path, METADATA_FILE, EXPORT_HINT);
-  double long_range_cutoff = 0.0;   // SO3LR-like models (issue 18): not run by this pair style yet
+  long_range_cutoff = 0.0;
+  takes_charge = takes_multiplicity = false;
   try {
     auto meta = json::parse(text);
     if (meta.contains("long_range_cutoff_A")) long_range_cutoff = meta["long_range_cutoff_A"].get<double>();
-    else if (meta.contains("global_inputs")) long_range_cutoff = -1.0;
+    if (meta.contains("global_inputs"))
+      for (const auto &name : meta["global_inputs"]) {
+        takes_charge = takes_charge || name.get<std::string>() == "charge";
+        takes_multiplicity = takes_multiplicity || name.get<std::string>() == "multiplicity";
+      }
     model_format = meta.value("format_version", 0);
     model_version = meta.value("so3krates_version", std::string("?"));
     model_dtype_name = meta.at("dtype").get<std::string>();
@@ -333,11 +360,7 @@ void PairSo3krates::read_metadata(const std::string &path, const std::string &te
     error->all(FLERR, "pair_coeff: the so3krates metadata in '{}' is unreadable ({}); re-export the model: {}",
                path, e.what(), EXPORT_HINT);
   }
-  if (long_range_cutoff != 0.0)
-    error->all(FLERR, "pair_coeff: '{}' is a model with long-range terms and/or total-charge/spin inputs "
-               "(SO3LR: electrostatics and dispersion up to {} A, charge conservation over the whole system); "
-               "pair_style so3krates cannot run it yet (docs/pretrained.md): run it with OpenMM or ASE "
-               "('so3krates md MODEL STRUCT --engine openmm')", path, long_range_cutoff);
+  long_range = long_range_cutoff > 0.0;
   if (model_format > SUPPORTED_MODEL_FORMAT)
     error->all(FLERR, "pair_coeff: '{}' uses so3krates model format {}, newer than this plugin understands "
                "({}); rebuild the plugin from the matching so3krates version", path, model_format,
@@ -366,17 +389,21 @@ void PairSo3krates::log_model(const std::vector<std::string> &type_names)
   }
   std::string known;
   for (int e : model_elements) known += " " + so3krates::element_symbol(e);
+  std::string long_range_line;
+  if (long_range)
+    long_range_line = fmt::format("  long-range cutoff  {} A (electrostatics / dispersion between all pairs within it)\n",
+                                  long_range_cutoff);
   utils::logmesg(lmp,
                  "pair_style so3krates: plugin {} (built for LAMMPS {}, libtorch {})\n"
                  "  model file         {}\n"
                  "  model              so3krates {}, format {}, elements{}\n"
-                 "  cutoff             {} A, {} layer(s), interaction range {} A\n"
+                 "  cutoff             {} A, {} layer(s), interaction range {} A\n{}"
                  "  dtype, device      {}, {}\n"
                  "  radial filters     {}\n"
                  "  LAMMPS type -> element\n{}",
                  SO3KRATES_PLUGIN_VERSION, SO3KRATES_LAMMPS_VERSION, TORCH_VERSION, model_path, model_version,
-                 model_format, known, cutoff, num_layers, interaction_range, model_dtype_name, device_name,
-                 model_radial, table);
+                 model_format, known, cutoff, num_layers, interaction_range, long_range_line, model_dtype_name,
+                 device_name, model_radial, table);
 }
 
 /* ---------------------------------------------------------------------- */
@@ -416,6 +443,12 @@ void PairSo3krates::init_style()
                "pair_style so3krates requires Newton's third law for pairs (forces on ghost atoms are sent "
                "back to their owners): write 'newton on' (the default) before the pair_style command");
   check_units();
+  if (charge_given && !takes_charge)
+    error->all(FLERR, "pair_style so3krates charge {}: the model '{}' has no total-charge input (only models "
+               "such as SO3LR take one); leave the keyword out", total_charge, model_path);
+  if (multiplicity_given && !takes_multiplicity)
+    error->all(FLERR, "pair_style so3krates multiplicity {}: the model '{}' has no spin input (only models such "
+               "as SO3LR take one); leave the keyword out", multiplicity, model_path);
   if (comm->mode != Comm::SINGLE)
     error->all(FLERR, "pair_style so3krates needs 'comm_modify mode single' (one ghost cutoff for all types)");
   configure_threads();
@@ -431,19 +464,27 @@ void PairSo3krates::init_style()
 void PairSo3krates::log_setup()
 {
   if (comm->me != 0) return;
-  const double ghost = std::max(cutoff + neighbor->skin, comm->cutghostuser);
+  const double ghost = std::max(std::max(cutoff, long_range_cutoff) + neighbor->skin, comm->cutghostuser);
   const int exchanges = num_layers - 1;
   const std::string per_step =
       fmt::format("{} forward (x and ev, {} numbers per ghost atom) + {} reverse (their gradients)", exchanges,
                   num_features + num_sh, exchanges);
   std::string text = fmt::format(
-      "pair_style so3krates: ghost atoms out to {} A (cutoff {} A + skin {} A); {} torch thread(s) per rank\n"
+      "pair_style so3krates: ghost atoms out to {} A ({}cutoff {} A + skin {} A); {} torch thread(s) per rank\n"
       "  halo exchanges     {}; each rank computes the {} layer(s) for its owned atoms only\n",
-      ghost, cutoff, neighbor->skin, at::get_num_threads(),
+      ghost, long_range ? "long-range " : "", std::max(cutoff, long_range_cutoff), neighbor->skin, at::get_num_threads(),
       comm->nprocs == 1 ? "none on one rank (each ghost is an image of an owned atom and reads its state); per "
                           "step on more ranks: " + per_step
                         : "per step " + per_step,
       num_layers);
+  if (long_range)
+    text += fmt::format(
+        "  long range         electrostatics / dispersion over the pairs within {} A (short-range edges: within {} "
+        "A); per step 1 forward (partial charge, Hirshfeld ratio) + 1 reverse exchange and 2 MPI_Allreduce "
+        "(charge conservation over all ranks)\n", long_range_cutoff, cutoff);
+  if (takes_charge || takes_multiplicity)
+    text += fmt::format("  structure          total charge {} e, multiplicity {} (pair_style keywords charge, "
+                        "multiplicity)\n", total_charge, multiplicity);
   if (text != logged_setup) utils::logmesg(lmp, text);
   logged_setup = text;
 }
@@ -451,7 +492,9 @@ void PairSo3krates::log_setup()
 double PairSo3krates::init_one(int i, int j)
 {
   if (i == j) check_mass(i);
-  return cutoff;
+  // a long-range model's pairs (and so the ghost atoms) reach the long-range cutoff; the short-range
+  // edges are the pairs of the same list within the cutoff
+  return std::max(cutoff, long_range_cutoff);
 }
 
 // Masses are set after pair_coeff (read_data, `mass`), so they are checked here, once per type.
@@ -547,64 +590,79 @@ void PairSo3krates::refresh_owners()
 // stage_layer takes num_pairs then computes no message into a halo row, nor a halo row's query.
 void PairSo3krates::build_edges()
 {
-  double **x = atom->x;
   const int *type = atom->type;
   const int nlocal = atom->nlocal, nall = nlocal + atom->nghost;
   row_of.assign(nall, -1);
   owned.clear();
-  halo.clear();
   for (int i = 0; i < nlocal; ++i)
     if (type_z[type[i]] > 0) {
       row_of[i] = static_cast<int>(owned.size());
       owned.push_back(i);
     }
+  if (long_range) lr_row_of = row_of;    // the same owned rows; the halo rows are set by collect_edges
+  collect_edges(cutoff, true, row_of, halo, edge_i, edge_j, atom_i, atom_j, edge_vec, num_pairs);
+  if (long_range)
+    collect_edges(long_range_cutoff, false, lr_row_of, lr_halo, lr_i, lr_j, lr_atom_i, lr_atom_j, lr_vec,
+                  lr_num_pairs);
+}
+
+// The edges within `range` of the neighbour list into the given row map, halo rows and edge arrays
+// (short-range edges and, for long-range models, the long-range pairs: the same contract).
+void PairSo3krates::collect_edges(double range, bool check_close, std::vector<int> &rows,
+                                  std::vector<int> &halo_rows, std::vector<int64_t> &ei, std::vector<int64_t> &ej,
+                                  std::vector<int> &ai, std::vector<int> &aj, std::vector<double> &vec,
+                                  int64_t &pairs)
+{
+  double **x = atom->x;
+  const int *type = atom->type;
   const int n_own = static_cast<int>(owned.size());
-  edge_i.clear(), edge_j.clear(), atom_i.clear(), atom_j.clear(), edge_vec.clear();
+  halo_rows.clear();
+  ei.clear(), ej.clear(), ai.clear(), aj.clear(), vec.clear();
   cross_i.clear(), cross_j.clear(), cross_atom_i.clear(), cross_atom_j.clear(), cross_vec.clear();
-  const double cutsq_model = cutoff * cutoff;
+  const double range_sq = range * range;
   for (int ii = 0; ii < list->inum; ++ii) {
     const int i = list->ilist[ii];
-    const int ri = row_of[i];
-    if (ri < 0) continue;
+    const int ri = rows[i];
+    if (ri < 0 || ri >= n_own) continue;
     const int *jlist = list->firstneigh[i];
     for (int jj = 0; jj < list->numneigh[i]; ++jj) {
       const int j = jlist[jj] & NEIGHMASK;
       if (type_z[type[j]] == 0) continue;
       const double d[3] = {x[j][0] - x[i][0], x[j][1] - x[i][1], x[j][2] - x[i][2]};
       const double rsq = d[0] * d[0] + d[1] * d[1] + d[2] * d[2];
-      if (rsq >= cutsq_model) continue;
-      if (rsq < MIN_DISTANCE_A * MIN_DISTANCE_A)    // no direction, and no physical structure gets there
+      if (rsq >= range_sq) continue;
+      if (check_close && rsq < MIN_DISTANCE_A * MIN_DISTANCE_A)    // no direction, and no physical structure gets there
         error->one(FLERR,
                    "pair_style so3krates: atoms with IDs {} and {} are closer than {} A: two atoms at the same "
                    "position; remove the duplicated atom from the data file (or, in MD, shorten the time step)",
                    std::min(atom->tag[i], atom->tag[j]), std::max(atom->tag[i], atom->tag[j]), MIN_DISTANCE_A);
       if (owner[j] < 0) {    // a sender owned by another rank: after the pairs (see above)
-        if (row_of[j] < 0) {
-          row_of[j] = n_own + static_cast<int>(halo.size());
-          halo.push_back(j);
+        if (rows[j] < 0) {
+          rows[j] = n_own + static_cast<int>(halo_rows.size());
+          halo_rows.push_back(j);
         }
         cross_i.push_back(ri);
-        cross_j.push_back(row_of[j]);
+        cross_j.push_back(rows[j]);
         cross_atom_j.push_back(j);
         cross_atom_i.push_back(i);
         cross_vec.insert(cross_vec.end(), d, d + 3);
         continue;
       }
-      const int rj = row_of[owner[j]];
+      const int rj = rows[owner[j]];
       if (!keep_direction(ri, rj, d)) continue;
-      edge_i.push_back(ri);
-      edge_j.push_back(rj);
-      atom_i.push_back(i);
-      atom_j.push_back(j);
-      edge_vec.insert(edge_vec.end(), d, d + 3);
+      ei.push_back(ri);
+      ej.push_back(rj);
+      ai.push_back(i);
+      aj.push_back(j);
+      vec.insert(vec.end(), d, d + 3);
     }
   }
-  num_pairs = static_cast<int64_t>(edge_i.size());
-  edge_i.insert(edge_i.end(), cross_i.begin(), cross_i.end());
-  edge_j.insert(edge_j.end(), cross_j.begin(), cross_j.end());
-  atom_i.insert(atom_i.end(), cross_atom_i.begin(), cross_atom_i.end());
-  atom_j.insert(atom_j.end(), cross_atom_j.begin(), cross_atom_j.end());
-  edge_vec.insert(edge_vec.end(), cross_vec.begin(), cross_vec.end());
+  pairs = static_cast<int64_t>(ei.size());
+  ei.insert(ei.end(), cross_i.begin(), cross_i.end());
+  ej.insert(ej.end(), cross_j.begin(), cross_j.end());
+  ai.insert(ai.end(), cross_atom_i.begin(), cross_atom_i.end());
+  aj.insert(aj.end(), cross_atom_j.begin(), cross_atom_j.end());
+  vec.insert(vec.end(), cross_vec.begin(), cross_vec.end());
 }
 
 /* ----------------------------------------------------------------------
@@ -645,7 +703,7 @@ void PairSo3krates::call_model(torch::Tensor &energies, torch::Tensor &edge_grad
       if (l.is_floating_point()) float_leaves.push_back(l);
     geometry_grad.resize(float_leaves.size());
 
-    auto state = model.get_method("stage_embed")({species}).toTensorVector();
+    auto state = embed_species(species);
     std::vector<torch::Tensor> x_in(num_layers), ev_in(num_layers), x_out(num_layers), ev_out(num_layers);
     x_in[0] = state[0];
     ev_in[0] = state[1];
@@ -667,6 +725,11 @@ void PairSo3krates::call_model(torch::Tensor &energies, torch::Tensor &edge_grad
     auto grads = backward({energies.sum()}, {torch::ones({}, energies.options())}, inputs);
     add_grads(geometry_grad, grads, 1);
     auto gx = grads[0].defined() ? grads[0] : torch::zeros_like(x_final);
+    if (long_range) {    // electrostatics and dispersion: their energy, and their gradient into x_final
+      torch::Tensor gx_long_range;
+      energies = energies.detach() + long_range_terms(x_final, species, gx_long_range, lr_edge_grad);
+      if (gx_long_range.defined()) gx = gx + gx_long_range;
+    }
     auto gev = torch::zeros_like(ev_out[num_layers - 1]);
     for (int t = num_layers - 1; t >= 0; --t) {
       inputs.clear();
@@ -681,25 +744,152 @@ void PairSo3krates::call_model(torch::Tensor &energies, torch::Tensor &edge_grad
     edge_grad = backward(geometry_float, geometry_grad, {vectors})[0];
     if (!edge_grad.defined()) edge_grad = torch::zeros_like(vectors);
   } catch (const std::exception &e) {
-    error->one(FLERR, "pair_style so3krates: the model failed on {} owned atoms ({} halo atoms, {} edges): {}",
-               n_own, halo.size(), num_edges, describe(e));
+    error->one(FLERR, "pair_style so3krates: the model failed on {} owned atoms ({} halo atoms, {} edges, {} "
+               "long-range pairs): {}", n_own, halo.size(), num_edges, lr_i.size(), describe(e));
   }
   energies = energies.detach().to(torch::kFloat64).contiguous();
   edge_grad = edge_grad.detach().to(torch::kFloat64).contiguous();
+  if (long_range) lr_edge_grad = lr_edge_grad.detach().to(torch::kFloat64).contiguous();
 }
 
 // A rank that owns no model atoms takes part in the collective exchanges with nothing to add.
+// The collectives in call_model's order: element counts (embed_species), the layers' forward
+// exchanges, the long-range part (long_range_terms), the layers' reverse exchanges.
 void PairSo3krates::idle_exchanges()
 {
+  const bool global_inputs = long_range || takes_charge || takes_multiplicity;
+  if (global_inputs) {
+    std::vector<double> counts(model_elements.size(), 0.0), total(model_elements.size(), 0.0);
+    MPI_Allreduce(counts.data(), total.data(), static_cast<int>(counts.size()), MPI_DOUBLE, MPI_SUM, world);
+  }
   if (comm->nprocs == 1) return;
   const int width = num_features + num_sh;
+  const int nall = atom->nlocal + atom->nghost;
   exchange_width = width;
   for (int t = 0; t + 1 < num_layers; ++t) timed_forward(width);
+  if (long_range) {
+    global_sum(0.0);
+    timed_forward(2);
+    for (int i = 0; i < nall; ++i) std::fill(buf[i], buf[i] + 2, 0.0);
+    timed_reverse(2);
+    global_sum(0.0);
+  }
   for (int t = 0; t + 1 < num_layers; ++t) {
-    for (int i = 0; i < atom->nlocal + atom->nghost; ++i) std::fill(buf[i], buf[i] + width, 0.0);
+    for (int i = 0; i < nall; ++i) std::fill(buf[i], buf[i] + width, 0.0);
     timed_reverse(width);
   }
 }
+
+double PairSo3krates::global_sum(double value)
+{
+  double total = value;
+  MPI_Allreduce(&value, &total, 1, MPI_DOUBLE, MPI_SUM, world);
+  return total;
+}
+
+// stage_embed of all rows. A model with total-charge / spin embeddings gets the structure's charge
+// and multiplicity and its atoms per element over all ranks (the embeddings' attention is a sum over
+// all atoms); the total number of model atoms is also what the charge conservation divides by.
+std::vector<torch::Tensor> PairSo3krates::embed_species(const torch::Tensor &species)
+{
+  if (!(long_range || takes_charge || takes_multiplicity))
+    return model.get_method("stage_embed")({species}).toTensorVector();    // short-range models: as ever
+  const int64_t n_own = static_cast<int64_t>(owned.size());
+  const int64_t *z = species.data_ptr<int64_t>();
+  std::vector<double> counts(model_elements.size(), 0.0), total(model_elements.size(), 0.0);
+  for (int64_t k = 0; k < n_own; ++k) counts[z[k]] += 1.0;
+  MPI_Allreduce(counts.data(), total.data(), static_cast<int>(counts.size()), MPI_DOUBLE, MPI_SUM, world);
+  model_atoms_all = 0.0;
+  for (double c : total) model_atoms_all += c;
+  auto element_counts = torch::from_blob(total.data(), {static_cast<int64_t>(total.size())}, torch::kFloat64).clone();
+  return model.get_method("stage_embed")({species, total_charge, static_cast<int64_t>(multiplicity), element_counts})
+      .toTensorVector();
+}
+
+// Electrostatics and dispersion of the owned atoms (docs/model-format.md, "Stages"): the raw partial
+// charges q~ and Hirshfeld ratios of the owned atoms from their final x; the charge conservation
+// q_i = q~_i + (Q - sum_all q~) / N_all with the sum over all ranks; charges and ratios of the halo
+// rows (senders owned elsewhere) by forward communication; the pair energies (each pair once over all
+// ranks: half to each end of a pair with both ends here, half to the owned end of the others). The
+// backward: dE/d(halo charge, ratio) back to the owners by reverse communication, then through the
+// conservation (dE/dq~_i = dE/dq_i - sum_all dE/dq_k / N_all, another global sum) into x_final (gx).
+// lr_grad = dE/dr of the long-range pairs.
+torch::Tensor PairSo3krates::long_range_terms(const torch::Tensor &x_final, const torch::Tensor &species,
+                                              torch::Tensor &gx, torch::Tensor &lr_grad)
+{
+  const int64_t n_own = static_cast<int64_t>(owned.size()), n_halo = static_cast<int64_t>(lr_halo.size());
+  const int64_t num_lr = static_cast<int64_t>(lr_i.size());
+  const bool exchange = comm->nprocs > 1;
+  auto own_species = species.slice(0, 0, n_own);
+  auto properties = model.get_method("stage_atom_properties")({x_final, own_species}).toTensorVector();
+  const torch::Tensor &raw_charges = properties[0], &ratios = properties[1];
+  const bool has_charges = raw_charges.numel() > 0, has_ratios = ratios.numel() > 0;
+  const double raw_sum = global_sum(has_charges ? raw_charges.detach().sum().item<double>() : 0.0);
+  const double correction = (total_charge - raw_sum) / model_atoms_all;
+  auto charges_own = has_charges ? raw_charges.detach().to(torch::kFloat64) + correction
+                                 : torch::zeros({n_own}, torch::kFloat64);
+  auto ratios_own = has_ratios ? ratios.detach().to(torch::kFloat64) : torch::zeros({n_own}, torch::kFloat64);
+
+  // forward: (q, h) of the owned atoms -> their ghost copies -> the halo rows
+  auto halo_values = torch::zeros({n_halo, 2}, torch::kFloat64);
+  if (exchange) {
+    const double *q = charges_own.data_ptr<double>(), *h = ratios_own.data_ptr<double>();
+    for (int64_t k = 0; k < n_own; ++k) {
+      buf[owned[k]][0] = q[k];
+      buf[owned[k]][1] = h[k];
+    }
+    timed_forward(2);
+    double *v = halo_values.data_ptr<double>();
+    for (int64_t k = 0; k < n_halo; ++k) {
+      v[2 * k] = buf[lr_halo[k]][0];
+      v[2 * k + 1] = buf[lr_halo[k]][1];
+    }
+  }
+  auto all_species = torch::empty({n_own + n_halo}, torch::kLong);
+  int64_t *z = all_species.data_ptr<int64_t>();
+  const int64_t *zs = species.data_ptr<int64_t>();
+  for (int64_t k = 0; k < n_own; ++k) z[k] = zs[k];
+  for (int64_t k = 0; k < n_halo; ++k) z[n_own + k] = type_species[atom->type[lr_halo[k]]];
+  auto charges_all = torch::cat({charges_own, halo_values.select(1, 0)}).to(model_dtype).requires_grad_(true);
+  auto ratios_all = torch::cat({ratios_own, halo_values.select(1, 1)}).to(model_dtype).requires_grad_(true);
+  auto idx_i = torch::from_blob(lr_i.data(), {num_lr}, torch::kLong);
+  auto idx_j = torch::from_blob(lr_j.data(), {num_lr}, torch::kLong);
+  auto vectors = torch::from_blob(lr_vec.data(), {num_lr, 3}, torch::kFloat64).to(model_dtype).requires_grad_(true);
+  auto energies = model.get_method("stage_long_range")({charges_all, ratios_all, all_species, vectors, idx_i, idx_j,
+                                                       n_own, lr_num_pairs}).toTensor();
+  auto grads = backward({energies.sum()}, {torch::ones({}, energies.options())}, {charges_all, ratios_all, vectors});
+  lr_grad = grads[2].defined() ? grads[2] : torch::zeros_like(vectors);
+  auto g_all = torch::stack({grads[0].defined() ? grads[0] : torch::zeros_like(charges_all),
+                             grads[1].defined() ? grads[1] : torch::zeros_like(ratios_all)}, 1)
+                   .to(torch::kFloat64).contiguous();
+
+  // reverse: dE/d(q, h) of the halo rows -> summed onto their owners
+  auto g_own = g_all.slice(0, 0, n_own).clone();
+  if (exchange) {
+    const double *g = g_all.data_ptr<double>();
+    for (int i = 0; i < atom->nlocal + atom->nghost; ++i) std::fill(buf[i], buf[i] + 2, 0.0);
+    for (int64_t k = 0; k < n_halo; ++k) {
+      buf[lr_halo[k]][0] = g[2 * (n_own + k)];
+      buf[lr_halo[k]][1] = g[2 * (n_own + k) + 1];
+    }
+    timed_reverse(2);
+    double *o = g_own.data_ptr<double>();
+    for (int64_t k = 0; k < n_own; ++k) {
+      o[2 * k] += buf[owned[k]][0];
+      o[2 * k + 1] += buf[owned[k]][1];
+    }
+  }
+  // through the charge conservation: d q_k / d q~_i = delta_ki - 1 / N_all
+  const double mean_grad = global_sum(g_own.select(1, 0).sum().item<double>()) / model_atoms_all;
+  auto g_raw = (g_own.select(1, 0) - mean_grad).to(model_dtype);
+  auto g_ratio = g_own.select(1, 1).to(model_dtype);
+  std::vector<torch::Tensor> outputs, output_grads;
+  if (has_charges) outputs.push_back(raw_charges), output_grads.push_back(g_raw);
+  if (has_ratios) outputs.push_back(ratios), output_grads.push_back(g_ratio);
+  gx = backward(outputs, output_grads, {x_final})[0];
+  return energies.detach();
+}
+
 
 // State after a layer: owned rows (x, ev) -> LAMMPS forward communication -> halo rows. Returns the
 // next layer's input for all rows, as new leaves of the autograd graph.
@@ -760,16 +950,24 @@ void PairSo3krates::halo_reverse(const torch::Tensor &gx_all, const torch::Tenso
 
 void PairSo3krates::scatter(const torch::Tensor &energies, const torch::Tensor &edge_grad)
 {
-  double **f = atom->f;
   const double *e = energies.data_ptr<double>();
   if (eflag_global)
     for (size_t k = 0; k < owned.size(); ++k) eng_vdwl += energy_conv * e[k];
   if (eflag_atom)
     for (size_t k = 0; k < owned.size(); ++k) eatom[owned[k]] += energy_conv * e[k];
-  const double *g = edge_grad.data_ptr<double>();
-  for (size_t k = 0; k < atom_i.size(); ++k) {
-    const double *gk = g + 3 * k, *r = edge_vec.data() + 3 * k;
-    double *fi = f[atom_i[k]], *fj = f[atom_j[k]];
+  tally_edges(atom_i, atom_j, edge_vec, edge_grad);
+  if (long_range) tally_edges(lr_atom_i, lr_atom_j, lr_vec, lr_edge_grad);
+}
+
+// Forces and virials of edges i <- j (LAMMPS indices ai, aj; vectors vec) from grad = dE/dr_ij.
+void PairSo3krates::tally_edges(const std::vector<int> &ai, const std::vector<int> &aj,
+                                const std::vector<double> &vec, const torch::Tensor &grad)
+{
+  double **f = atom->f;
+  const double *g = grad.data_ptr<double>();
+  for (size_t k = 0; k < ai.size(); ++k) {
+    const double *gk = g + 3 * k, *r = vec.data() + 3 * k;
+    double *fi = f[ai[k]], *fj = f[aj[k]];
     for (int d = 0; d < 3; ++d) {
       fi[d] += energy_conv * gk[d];
       fj[d] -= energy_conv * gk[d];
@@ -783,8 +981,8 @@ void PairSo3krates::scatter(const torch::Tensor &energies, const torch::Tensor &
       for (int c = 0; c < 6; ++c) virial[c] += w[c];
     if (vflag_atom)
       for (int c = 0; c < 6; ++c) {
-        vatom[atom_i[k]][c] += 0.5 * w[c];
-        vatom[atom_j[k]][c] += 0.5 * w[c];
+        vatom[ai[k]][c] += 0.5 * w[c];
+        vatom[aj[k]][c] += 0.5 * w[c];
       }
   }
 }

@@ -50,6 +50,14 @@ class PairSo3krates : public Pair {
   double cutoff, interaction_range;
   int num_layers, num_features, num_sh;    // state per atom: x (num_features) and ev (num_sh)
   std::vector<int> model_elements;
+  // long-range models (SO3LR): pairs out to long_range_cutoff and structure-wide inputs
+  double long_range_cutoff = 0.0;          // 0: a short-range model (none of the below runs)
+  bool long_range = false;                 // electrostatics / dispersion over the long-range pairs
+  bool takes_charge = false, takes_multiplicity = false;    // metadata "global_inputs"
+  double total_charge = 0.0;               // pair_style keywords `charge Q`, `multiplicity M`
+  int multiplicity = 1;
+  bool charge_given = false, multiplicity_given = false;
+  double model_atoms_all = 0.0;            // model atoms on all ranks (this step)
 
   // LAMMPS side
   std::vector<int> type_z;          // atomic number per LAMMPS type (index 1..ntypes); 0 = NULL
@@ -75,6 +83,13 @@ class PairSo3krates : public Pair {
   std::vector<int> cross_atom_i, cross_atom_j;
   std::vector<double> cross_vec;
   bool model_takes_pairs = false;          // stage_layer has the num_pairs argument
+  // long-range pairs i <- j (rsq < long_range_cutoff^2), laid out as the short-range edges: rows of
+  // the owned atoms, then lr_halo (senders owned by another rank), pairs first (lr_num_pairs)
+  std::vector<int> lr_row_of, lr_halo;
+  std::vector<int64_t> lr_i, lr_j;
+  std::vector<int> lr_atom_i, lr_atom_j;
+  std::vector<double> lr_vec;
+  int64_t lr_num_pairs = 0;
 
   // exchange buffer: one row of `exchange_width` doubles per LAMMPS atom (owned and ghost)
   double **buf;
@@ -98,9 +113,19 @@ class PairSo3krates : public Pair {
   void prepare();
   void refresh_owners();
   void build_edges();
+  void collect_edges(double range, bool check_close, std::vector<int> &rows, std::vector<int> &halo_rows,
+                     std::vector<int64_t> &ei, std::vector<int64_t> &ej, std::vector<int> &ai,
+                     std::vector<int> &aj, std::vector<double> &vec, int64_t &pairs);
   void call_model(torch::Tensor &energies, torch::Tensor &edge_grad);
+  std::vector<torch::Tensor> embed_species(const torch::Tensor &species);
+  torch::Tensor long_range_terms(const torch::Tensor &x_final, const torch::Tensor &species, torch::Tensor &gx,
+                                 torch::Tensor &lr_grad);
+  double global_sum(double value);
   void idle_exchanges();
   void scatter(const torch::Tensor &energies, const torch::Tensor &edge_grad);
+  void tally_edges(const std::vector<int> &ai, const std::vector<int> &aj, const std::vector<double> &vec,
+                   const torch::Tensor &grad);
+  torch::Tensor lr_edge_grad;   // dE/dr of the long-range pairs (this step)
 
   // halo exchange of the state (forward) and of its gradient (reverse)
   void grow_buffer();

@@ -22,7 +22,10 @@ def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units:
     """From `units` to `pair_coeff`: the part every so3krates LAMMPS input shares. `before_box`:
     commands that must precede read_data (e.g. `processors 2 1 1`); `device`: the pair style's
     `device` keyword (cpu, cuda: one GPU per rank, cuda:N)."""
+    from so3krates.ase import structure_inputs
     model = Path(model_path).resolve()
+    # a model with total-charge / spin inputs (SO3LR) gets the structure's, from atoms.info as in ASE
+    keywords = "".join(f" {name} {int(value)}" for name, value in structure_inputs(model, system.atoms).items())
     return "\n".join([
         f"units {units}",
         "atom_style atomic",
@@ -31,7 +34,7 @@ def setup_commands(system: LammpsSystem, model_path: str, data_file: str, units:
         before_box,
         f"plugin load {plugin_path()}",
         f"read_data {data_file}",
-        "pair_style so3krates" + ("" if device == "cpu" else f" device {device}"),
+        "pair_style so3krates" + ("" if device == "cpu" else f" device {device}") + keywords,
         f"pair_coeff * * {model} {' '.join(system.type_symbols)}",
         "",
     ])

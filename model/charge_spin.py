@@ -14,6 +14,7 @@ embedding is global (one engine process must see every atom).
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 from torch import nn
@@ -30,12 +31,20 @@ class ChargeSpinEmbedding(nn.Module):
         self.mlp_2 = nn.Linear(features, features, bias=False)
         self.inv_sqrt_features = 1.0 / math.sqrt(features)
 
-    def forward(self, species: torch.Tensor, psi: float) -> torch.Tensor:
-        """species (N,) model element indices, psi the global value -> (N, F)."""
+    def forward(self, species: torch.Tensor, psi: float,
+                element_counts: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """species (N,) model element indices, psi the global value -> (N, F). element_counts
+        (num_elements,): how many atoms of each element the whole structure has, when `species` are
+        only some of its atoms (a LAMMPS rank's); the sum over j is then taken per element."""
         sign = 1 if psi < 0 else 0
         q = self.query(species)
         k, v = self.key[sign], self.value[sign]
         y = fn.softplus((q * k).sum(-1) * self.inv_sqrt_features)
-        attention = psi * y / (y.sum() + 1e-6)
+        if element_counts is None:
+            total = y.sum()
+        else:   # y depends on the element only: sum_j y_j = sum_Z count_Z y(Z)
+            y_element = fn.softplus((self.query.weight * k).sum(-1) * self.inv_sqrt_features)
+            total = (element_counts.to(y_element.dtype) * y_element).sum()
+        attention = psi * y / (total + 1e-6)
         v_att = attention.unsqueeze(-1) * v
         return v_att + self.mlp_2(fn.silu(self.mlp_1(fn.silu(v_att))))

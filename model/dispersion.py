@@ -12,7 +12,7 @@ rounded to float32 as the reference stores them) are scaled by the Hirshfeld rat
     E_ij = -E_h [C6/(R^6 + p^6) + C8/(R^8 + p^8) + C10/(R^10 + p^10)] w(r),   R = r / a_0
 
 with w the smooth switch from 1 at r_lr - d (d = 2 A, the damping width) to 0 at r_lr. Half of
-E_ij goes to each atom of the pair.
+E_ij goes to each atom of the pair (So3krates.long_range_energies).
 """
 from __future__ import annotations
 
@@ -82,11 +82,10 @@ class Dispersion(nn.Module):
         return self.hartree * potential * smooth_switch(r, self.cuton, self.cutoff)
 
     def forward(self, r: torch.Tensor, ratios: torch.Tensor, species: torch.Tensor, idx_i: torch.Tensor,
-                idx_j: torch.Tensor, num_atoms: int) -> torch.Tensor:
-        """r (P,) distances of the long-range pairs (each pair once), Hirshfeld ratios (N,) -> (num_atoms,) eV."""
+                idx_j: torch.Tensor) -> torch.Tensor:
+        """r (P,) distances of the long-range pairs i <- j, Hirshfeld ratios and species of all atoms -> (P,)
+        pair energies E_ij, eV (So3krates.long_range_energies gives half of each to each end)."""
         alpha = self.alpha_free.to(r.dtype).index_select(0, species) * ratios
         c6 = self.c6_free.to(r.dtype).index_select(0, species) * ratios * ratios
-        half = 0.5 * self.pair_energy(r, alpha.index_select(0, idx_i), c6.index_select(0, idx_i),
-                                      alpha.index_select(0, idx_j), c6.index_select(0, idx_j))
-        out = torch.zeros(num_atoms, dtype=r.dtype, device=r.device)
-        return out.index_add_(0, idx_i, half).index_add_(0, idx_j, half)
+        return self.pair_energy(r, alpha.index_select(0, idx_i), c6.index_select(0, idx_i),
+                                alpha.index_select(0, idx_j), c6.index_select(0, idx_j))

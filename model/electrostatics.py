@@ -9,7 +9,7 @@ Pair energy of two partial charges q_i, q_j at distance r < r_lr (0 beyond):
 
 with f the smooth switch from 1 at r_on = 0.45 r_lr to 0 at r_lr: the plain shifted potential
 at short range, the shifted-force one (zero force at the cutoff) near r_lr. Half of E_ij goes to
-each atom of the pair.
+each atom of the pair (So3krates.long_range_energies).
 """
 from __future__ import annotations
 
@@ -39,9 +39,8 @@ class Electrostatics(nn.Module):
         energy = self.coulomb * q_i * q_j * potential
         return torch.where(r < self.cutoff, energy, torch.zeros_like(energy))
 
-    def forward(self, r: torch.Tensor, charges: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
-                num_atoms: int) -> torch.Tensor:
-        """r (P,) distances of the long-range pairs (each pair once), charges (N,) -> (num_atoms,) eV."""
-        half = 0.5 * self.pair_energy(r, charges.index_select(0, idx_i), charges.index_select(0, idx_j))
-        out = torch.zeros(num_atoms, dtype=r.dtype, device=r.device)
-        return out.index_add_(0, idx_i, half).index_add_(0, idx_j, half)
+    def forward(self, r: torch.Tensor, charges: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor
+                ) -> torch.Tensor:
+        """r (P,) distances of the long-range pairs i <- j, charges of all atoms -> (P,) pair energies E_ij, eV
+        (So3krates.long_range_energies gives half of each to each end)."""
+        return self.pair_energy(r, charges.index_select(0, idx_i), charges.index_select(0, idx_j))

@@ -27,9 +27,14 @@ class PartialChargeHead(nn.Module):
         self.out = nn.Linear(width, 1)
         self.element_bias = nn.Embedding(num_elements, 1)   # b[Z]
 
+    def raw(self, x: torch.Tensor, species: torch.Tensor) -> torch.Tensor:
+        """q~_i before the charge conservation (per atom: what each LAMMPS rank computes for its own
+        atoms before the global sum)."""
+        return self.out(fn.silu(self.hidden(x))).squeeze(-1) + self.element_bias(species).squeeze(-1)
+
     def forward(self, x: torch.Tensor, species: torch.Tensor, total_charge: float) -> torch.Tensor:
         """x (N, F), species (N,) -> charges (N,) in e, summing to total_charge."""
-        q = self.out(fn.silu(self.hidden(x))).squeeze(-1) + self.element_bias(species).squeeze(-1)
+        q = self.raw(x, species)
         return q + (total_charge - q.sum()) / q.shape[0]
 
 

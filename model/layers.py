@@ -68,7 +68,11 @@ class FilterNet(nn.Module):
     variables: the radial branch and both output biases, and in the first layer, where ev = 0 and
     so c = 0, the whole spherical branch. It is a function of the distance alone, which an
     exported model reads from a table (`tabulated`, see radial_table). `forward` adds the
-    spherical branch's last product to it in one addmm."""
+    spherical branch's last product to it in one addmm. `fused` (set_fused; exports only): the table
+    is read by the C++ operator so3krates::hermite_lookup (ops/radial_lookup.cpp), the same numbers
+    with a faster backward."""
+
+    __constants__ = ["fused"]   # a plain model's TorchScript code does not mention the operator
 
     def __init__(self, num_rbf: int, num_degrees: int, features: int):
         super().__init__()
@@ -77,6 +81,7 @@ class FilterNet(nn.Module):
         self.spherical_in = nn.Linear(num_degrees, features // 4)
         self.spherical_out = nn.Linear(features // 4, features)
         self.tabulated = False
+        self.fused = False
         self.register_buffer("table", torch.zeros(0, features), persistent=False)
 
     def distance_part(self, rbf: torch.Tensor, ev_is_zero: bool) -> torch.Tensor:
@@ -90,7 +95,9 @@ class FilterNet(nn.Module):
     def forward(self, rbf: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor,
                 delta: torch.Tensor, ev_is_zero: bool) -> torch.Tensor:
         """delta (E, n_D) = c(ev_j - ev_i); not read when ev_is_zero (the first layer)."""
-        if self.tabulated:
+        if self.tabulated and self.fused:
+            w = torch.ops.so3krates.hermite_lookup(self.table, rows, weights)
+        elif self.tabulated:
             w = lookup(self.table, rows, weights)
         else:
             w = self.distance_part(rbf, ev_is_zero)
@@ -268,12 +275,16 @@ class EuclideanAttention(nn.Module):
 
 
 def set_fused(module: nn.Module, fused: bool) -> int:
-    """Switch the attention blocks of `module` to the fused edge operator (or back); returns how
-    many blocks were switched. Inference only: its backward has no second derivative, so training
-    (forces in the loss) keeps the plain path."""
+    """Switch the attention blocks of `module` to the fused edge operator, and the filter nets to
+    the fused table lookup (so3krates::hermite_lookup, used when the filters are tabulated), or
+    back; returns how many attention blocks were switched. Inference only: the operators' backward
+    has no second derivative, so training (forces in the loss) keeps the plain path."""
     if fused:
         from so3krates.fused import require
         require("the fused edge pass")
+    for net in module.modules():
+        if isinstance(net, FilterNet):
+            net.fused = fused
     blocks = [m for m in module.modules() if isinstance(m, (InvariantAttention, EuclideanAttention))]
     for block in blocks:
         block.fused = fused

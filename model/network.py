@@ -146,16 +146,18 @@ class So3krates(nn.Module):
         return EdgeGeometry(r=r, rbf=rbf, rows=rows, weights=weights, phi=self.cutoff_function(r),
                             sh=self.spherical_harmonics(u))
 
-    def embed(self, species: torch.Tensor, charge: float = 0.0, unpaired: float = 0.0
-              ) -> Tuple[torch.Tensor, torch.Tensor]:
+    def embed(self, species: torch.Tensor, charge: float = 0.0, unpaired: float = 0.0,
+              element_counts: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """Eq. 10: x_i = W_emb[Z_i]; the Euclidean variables start at zero (as in all released code).
         SO3LR adds the total-charge and spin embeddings and divides the sum by sqrt(number of
-        embeddings) (as its code does); charge in e, unpaired = multiplicity - 1."""
+        embeddings) (as its code does); charge in e, unpaired = multiplicity - 1. element_counts
+        (num_elements,): the whole structure's atoms per element when `species` are only some of
+        them (the embeddings' attention sums over all atoms)."""
         x = self.embedding(species)
         if self.charge_embedding is not None:
-            x = x + self.charge_embedding(species, charge)
+            x = x + self.charge_embedding(species, charge, element_counts)
         if self.spin_embedding is not None:
-            x = x + self.spin_embedding(species, unpaired)
+            x = x + self.spin_embedding(species, unpaired, element_counts)
         if self.embedding_scale != 1.0:
             x = x / self.embedding_scale
         return x, torch.zeros((species.shape[0], self.num_sh), dtype=x.dtype, device=x.device)
@@ -193,17 +195,48 @@ class So3krates(nn.Module):
                          lr_j: torch.Tensor, charge: float) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """SO3LR's electrostatics and dispersion over the long-range pairs (each pair once, distances
         r_lr): (per-atom energies (N,) float64, partial charges (N,), Hirshfeld ratios (N,))."""
-        n = x.shape[0]
-        energies = torch.zeros(n, dtype=torch.float64, device=x.device)
         charges = x.new_zeros((0,))
         ratios = x.new_zeros((0,))
-        if self.charge_head is not None and self.electrostatics is not None:
+        if self.charge_head is not None:
             charges = self.charge_head(x, species, charge)
-            energies = energies + self.electrostatics(r_lr, charges, lr_i, lr_j, n).to(torch.float64)
-        if self.hirshfeld_head is not None and self.dispersion is not None:
+        if self.hirshfeld_head is not None:
             ratios = self.hirshfeld_head(x, species)
-            energies = energies + self.dispersion(r_lr, ratios, species, lr_i, lr_j, n).to(torch.float64)
-        return energies, charges, ratios
+        return self.long_range_energies(charges, ratios, species, r_lr, lr_i, lr_j), charges, ratios
+
+    def atom_properties(self, x: torch.Tensor, species: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Per-atom inputs of the long-range terms from the final x: the partial charges q~ BEFORE the
+        charge conservation (PartialChargeHead.raw; the engine adds (Q - sum_all q~) / N_all) and the
+        Hirshfeld ratios; empty tensors for a term the model lacks."""
+        charges = x.new_zeros((0,))
+        ratios = x.new_zeros((0,))
+        if self.charge_head is not None:
+            charges = self.charge_head.raw(x, species)
+        if self.hirshfeld_head is not None:
+            ratios = self.hirshfeld_head(x, species)
+        return charges, ratios
+
+    def long_range_energies(self, charges: torch.Tensor, ratios: torch.Tensor, species: torch.Tensor,
+                            r_lr: torch.Tensor, lr_i: torch.Tensor, lr_j: torch.Tensor, num_receivers: int = -1,
+                            num_pairs: int = -1) -> torch.Tensor:
+        """Per-atom electrostatics + dispersion energies, float64, half of each pair energy to each end.
+        charges, ratios, species: of all N atoms the pairs i <- j (distances r_lr) refer to. As in the
+        stages' edge contract: num_pairs >= 0 means that only the first num_pairs pairs give half to j
+        too (the rest, j computed elsewhere, give half to i only); num_receivers >= 0 returns the first
+        num_receivers atoms only."""
+        pair = torch.zeros(r_lr.shape[0], dtype=torch.float64, device=r_lr.device)
+        if self.electrostatics is not None:
+            pair = pair + self.electrostatics(r_lr, charges, lr_i, lr_j).to(torch.float64)
+        if self.dispersion is not None:
+            pair = pair + self.dispersion(r_lr, ratios, species, lr_i, lr_j).to(torch.float64)
+        half = 0.5 * pair
+        out = torch.zeros(species.shape[0], dtype=torch.float64, device=r_lr.device).index_add_(0, lr_i, half)
+        if num_pairs < 0:
+            out = out.index_add_(0, lr_j, half)
+        else:
+            out = out.index_add_(0, lr_j[:num_pairs], half[:num_pairs])
+        if num_receivers >= 0:
+            out = out[:num_receivers]
+        return out
 
     def forward(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
                 species: torch.Tensor, half_list: bool = False, lr_vectors: Optional[torch.Tensor] = None,

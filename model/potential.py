@@ -175,9 +175,12 @@ class Potential(nn.Module):
         return [g.r, g.phi, g.sh, g.rbf, g.rows, g.weights]
 
     @torch.jit.export
-    def stage_embed(self, species: torch.Tensor) -> List[torch.Tensor]:
-        """Initial [x (N, F), ev (N, S)] of atoms given by model element indices."""
-        x, ev = self.network.embed(species)
+    def stage_embed(self, species: torch.Tensor, charge: float = 0.0, multiplicity: int = 1,
+                    element_counts: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Initial [x (N, F), ev (N, S)] of atoms given by model element indices. A model with
+        total-charge / spin embeddings (SO3LR) also takes the structure's charge (e), multiplicity
+        and element_counts (num_elements,), its atoms per model element (all ranks together)."""
+        x, ev = self.network.embed(species, float(charge), float(multiplicity - 1), element_counts)
         return [x, ev]
 
     @torch.jit.export
@@ -198,6 +201,26 @@ class Potential(nn.Module):
         """Per-atom energies (n,) eV, float64, of the n atoms whose final x is given; species (N,)
         of all atoms (the pair terms read the senders' elements too)."""
         return self.network.atomic_energies(x, species, edge_geometry(geometry), idx_i, idx_j, True)
+
+    @torch.jit.export
+    def stage_atom_properties(self, x: torch.Tensor, species: torch.Tensor) -> List[torch.Tensor]:
+        """Long-range models (SO3LR), after stage_readout: [raw partial charges q~ (n,), Hirshfeld
+        ratios (n,)] of the n atoms whose final x is given (species (n,)); empty for a term the model
+        lacks. The charges are conserved by the engine: q_i = q~_i + (Q - sum_all q~) / N_all."""
+        charges, ratios = self.network.atom_properties(x, species)
+        return [charges, ratios]
+
+    @torch.jit.export
+    def stage_long_range(self, charges: torch.Tensor, ratios: torch.Tensor, species: torch.Tensor,
+                         vectors: torch.Tensor, lr_i: torch.Tensor, lr_j: torch.Tensor, num_receivers: int,
+                         num_pairs: int = -1) -> torch.Tensor:
+        """Long-range models: electrostatics + dispersion energies (num_receivers,), eV, float64, of
+        the first num_receivers rows, from the conserved charges, ratios and species of all N rows and
+        the long-range pairs i <- j (vectors (P, 3) A, within long_range_cutoff). Edge contract as
+        stage_layer: pairs [0, num_pairs) give half their energy to each end, the rest to i only."""
+        r = torch.linalg.norm(vectors.to(self.dtype), dim=-1)
+        return self.network.long_range_energies(charges.to(self.dtype), ratios.to(self.dtype), species, r, lr_i,
+                                                lr_j, num_receivers, num_pairs)
 
     @torch.jit.export
     def neighbors(self, positions: torch.Tensor, cell: Optional[torch.Tensor] = None,

@@ -65,15 +65,8 @@ def build_system(model_path: str, atoms: Atoms, device: Optional[str] = None):
 
 
 def structure_inputs(model_path: str, atoms: Atoms) -> dict:
-    """charge / multiplicity from atoms.info (as the ASE calculator reads them) for models that take
-    them (SO3LR), so that every engine of `so3krates md` / `validate` sees the same structure."""
-    from so3krates.ase import structure_charge_and_multiplicity
-    from so3krates.export import read_metadata
-    inputs = read_metadata(model_path).get("global_inputs", [])
-    if not inputs:
-        return {}
-    charge, multiplicity = structure_charge_and_multiplicity(atoms, None, None)
-    return {k: v for k, v in (("charge", charge), ("multiplicity", multiplicity)) if k in inputs}
+    from so3krates.ase import structure_inputs as inputs   # shared with the LAMMPS engine
+    return inputs(model_path, atoms)
 
 
 def default_platform(model_path: str) -> str:

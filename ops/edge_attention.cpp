@@ -12,8 +12,9 @@
 // edges x F tensors and autograd keeps several of them per block for the backward. Here the
 // messages are summed per receiver as they are formed (receivers in parallel, over a CSR of the
 // messages grouped by receiver: no atomics, a fixed summation order), and the backward keeps only
-// the inputs and recomputes alpha from them. Its passes: per receiver (dq), per sender (dk, and
-// dvalues for per-atom values), per edge (dw, dscale, and dvalues for per-edge values).
+// the inputs and, per message, the heads numbers s_h = alpha_h / scale (no edges x F tensor). Its
+// passes: per receiver (dq), per sender (dk, and dvalues for per-atom values), per edge (dw,
+// dscale, and dvalues for per-edge values).
 //
 // The backward is not itself differentiable: taking it with create_graph (second derivatives,
 // i.e. training on forces) is refused; training uses the plain path.
@@ -25,9 +26,12 @@
 #include <cstdint>
 #include <vector>
 
+#include "isa.h"
+
 namespace so3krates_ops {
 
 using at::Tensor;
+
 
 // Directed messages grouped by one of their atoms: offsets (N + 1) and, per message, the edge and
 // its direction (0: i <- j, 1: j <- i). Counting sort, stable: within an atom, edge order.
@@ -68,12 +72,12 @@ struct Problem {
   int64_t num_edges, num_atoms, features, heads, width, value_width;
   bool values_per_edge, mirrored;
 
-  int64_t receiver(int64_t e, int dir) const { return dir == 0 ? idx_i[e] : idx_j[e]; }
-  int64_t sender(int64_t e, int dir) const { return dir == 0 ? idx_j[e] : idx_i[e]; }
+  SO3KRATES_INLINE int64_t receiver(int64_t e, int dir) const { return dir == 0 ? idx_i[e] : idx_j[e]; }
+  SO3KRATES_INLINE int64_t sender(int64_t e, int dir) const { return dir == 0 ? idx_j[e] : idx_i[e]; }
 
   // s_h = sum_d q[a,h,d] w[e,h,d] k[b,h,d], each term in the plain path's order (q * w) * k; the
   // sum is vectorised (its order differs from the plain path's by round-off only).
-  void products(int64_t e, int64_t a, int64_t b, scalar_t *s) const {
+  SO3KRATES_INLINE void products(int64_t e, int64_t a, int64_t b, scalar_t *s) const {
     const scalar_t *qa = q + a * features, *kb = k + b * features, *we = w + e * features;
     for (int64_t h = 0; h < heads; ++h) {
       scalar_t sum = 0;
@@ -85,13 +89,13 @@ _Pragma("omp simd reduction(+ : sum)")
 
   // The value row of the message over edge e in direction dir from sender b, and whether its
   // columns take the parity sign (an edge's Y(u_ij) read for j <- i).
-  const scalar_t *value_row(int64_t e, int64_t b) const {
+  SO3KRATES_INLINE const scalar_t *value_row(int64_t e, int64_t b) const {
     return values + (values_per_edge ? e : b) * value_width;
   }
-  bool signed_values(int dir) const { return values_per_edge && dir == 1; }
+  SO3KRATES_INLINE bool signed_values(int dir) const { return values_per_edge && dir == 1; }
 
   // target[col] += factor * value[col] over the head's columns (with the parity sign where due).
-  void add_value(scalar_t *target, scalar_t factor, const scalar_t *row, bool sign, int64_t h) const {
+  SO3KRATES_INLINE void add_value(scalar_t *target, scalar_t factor, const scalar_t *row, bool sign, int64_t h) const {
     const int64_t lo = segments[h], hi = segments[h + 1];
     if (sign) {
 _Pragma("omp simd")
@@ -103,7 +107,7 @@ _Pragma("omp simd")
   }
 
   // g_h = sum over the head's columns of grad_out[a] * value.
-  void value_products(int64_t e, int dir, int64_t a, int64_t b, const scalar_t *grad_out, scalar_t *g) const {
+  SO3KRATES_INLINE void value_products(int64_t e, int dir, int64_t a, int64_t b, const scalar_t *grad_out, scalar_t *g) const {
     const scalar_t *ga = grad_out + a * value_width, *row = value_row(e, b);
     const bool sign = signed_values(dir);
     for (int64_t h = 0; h < heads; ++h) {
@@ -116,6 +120,23 @@ _Pragma("omp simd reduction(+ : sum)")
         for (int64_t col = segments[h]; col < segments[h + 1]; ++col) sum += ga[col] * row[col];
       }
       g[h] = sum;
+    }
+  }
+
+  // target[d] (+)= g_h scale_e x[d] y[d] over each head's features d: the backward's dq, dk, dw rows
+  // (assign: the first write of a row that is not zero-filled).
+  SO3KRATES_INLINE void add_gated_products(scalar_t *__restrict__ target, const scalar_t *g, scalar_t scale_e,
+                                           const scalar_t *__restrict__ x, const scalar_t *__restrict__ y,
+                                           bool assign) const {
+    for (int64_t h = 0; h < heads; ++h) {
+      const scalar_t gs = g[h] * scale_e;
+      if (assign) {
+_Pragma("omp simd")
+        for (int64_t d = h * width; d < (h + 1) * width; ++d) target[d] = gs * x[d] * y[d];
+      } else {
+_Pragma("omp simd")
+        for (int64_t d = h * width; d < (h + 1) * width; ++d) target[d] += gs * x[d] * y[d];
+      }
     }
   }
 };
@@ -177,135 +198,186 @@ static void check_inputs(const Tensor &q, const Tensor &k, const Tensor &w, cons
   }
 }
 
-// Grain sizes of at::parallel_for: atoms (or edges) per task.
-constexpr int64_t GRAIN = 64;
+// What the passes over the messages read and write (null where a pass is not wanted).
+template <typename scalar_t>
+struct Passes {
+  const Problem<scalar_t> *p;
+  const MessagesByAtom *messages;   // by receiver (forward, receiver pass) or by sender
+  const scalar_t *grad_out;
+  scalar_t *out, *products, *value_grads;   // products s_h and g_h: (E * directions, heads)
+  scalar_t *dq, *dk, *dw, *dscale, *dvalues;
+  int directions;
+};
 
-Tensor edge_attention_forward(const Tensor &q_in, const Tensor &k_in, const Tensor &w_in, const Tensor &scale_in,
-                              const Tensor &values_in, const Tensor &parity_in, c10::IntArrayRef segments,
-                              const Tensor &idx_i_in, const Tensor &idx_j_in, int64_t num_atoms,
-                              bool values_per_edge, bool mirrored) {
+// Forward, receivers [begin, end): out[a] += sum over its messages of s_h scale value; s_h kept in
+// `products` when given.
+template <typename scalar_t>
+SO3KRATES_INLINE void forward_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
+  const Problem<scalar_t> &p = *j.p;
+  std::vector<scalar_t> buffer(j.products ? 0 : p.heads);
+  for (int64_t a = begin; a < end; ++a) {
+    scalar_t *oa = j.out + a * p.value_width;
+    for (int64_t m = j.messages->offsets[a]; m < j.messages->offsets[a + 1]; ++m) {
+      const int64_t e = j.messages->edge[m];
+      const int dir = j.messages->direction[m];
+      const int64_t b = p.sender(e, dir);
+      scalar_t *s = j.products ? j.products + (e * j.directions + dir) * p.heads : buffer.data();
+      p.products(e, a, b, s);
+      const scalar_t *row = p.value_row(e, b);
+      for (int64_t h = 0; h < p.heads; ++h) p.add_value(oa, s[h] * p.scale[e], row, p.signed_values(dir), h);
+    }
+  }
+}
+
+// Backward per receiver a: g_h of its messages (into value_grads); dq[a] += g_h scale w k[b].
+template <typename scalar_t>
+SO3KRATES_INLINE void receiver_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
+  const Problem<scalar_t> &p = *j.p;
+  const int64_t F = p.features, H = p.heads;
+  for (int64_t a = begin; a < end; ++a)
+    for (int64_t m = j.messages->offsets[a]; m < j.messages->offsets[a + 1]; ++m) {
+      const int64_t e = j.messages->edge[m];
+      const int dir = j.messages->direction[m];
+      const int64_t b = p.sender(e, dir);
+      scalar_t *g = j.value_grads + (e * j.directions + dir) * H;
+      p.value_products(e, dir, a, b, j.grad_out, g);
+      if (j.dq) p.add_gated_products(j.dq + a * F, g, p.scale[e], p.w + e * F, p.k + b * F, false);
+    }
+}
+
+// Backward per sender b: dk[b] += g_h scale w q[a]; dvalues[b] += alpha_h grad_out[a] (per-atom values).
+template <typename scalar_t>
+SO3KRATES_INLINE void sender_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
+  const Problem<scalar_t> &p = *j.p;
+  const int64_t F = p.features, H = p.heads;
+  for (int64_t b = begin; b < end; ++b)
+    for (int64_t m = j.messages->offsets[b]; m < j.messages->offsets[b + 1]; ++m) {
+      const int64_t e = j.messages->edge[m];
+      const int dir = j.messages->direction[m];
+      const int64_t a = p.receiver(e, dir);
+      const int64_t slot = (e * j.directions + dir) * H;
+      if (j.dk) p.add_gated_products(j.dk + b * F, j.value_grads + slot, p.scale[e], p.w + e * F, p.q + a * F, false);
+      if (j.dvalues)
+        for (int64_t h = 0; h < H; ++h)
+          p.add_value(j.dvalues + b * p.value_width, j.products[slot + h] * p.scale[e],
+                      j.grad_out + a * p.value_width, false, h);
+    }
+}
+
+// Backward per edge, both directions: dw, dscale, and dvalues of per-edge values.
+template <typename scalar_t>
+SO3KRATES_INLINE void edge_range(const Passes<scalar_t> &j, int64_t begin, int64_t end) {
+  const Problem<scalar_t> &p = *j.p;
+  const int64_t F = p.features, H = p.heads;
+  for (int64_t e = begin; e < end; ++e)
+    for (int dir = 0; dir < j.directions; ++dir) {
+      const int64_t a = p.receiver(e, dir), b = p.sender(e, dir);
+      const int64_t slot = (e * j.directions + dir) * H;
+      // The heads cover dw's row: the first direction writes it (dw is not zero-filled).
+      if (j.dw) p.add_gated_products(j.dw + e * F, j.value_grads + slot, p.scale[e], p.q + a * F, p.k + b * F, dir == 0);
+      for (int64_t h = 0; h < H; ++h) {
+        if (j.dscale) j.dscale[e] += j.value_grads[slot + h] * j.products[slot + h];
+        if (j.dvalues)
+          p.add_value(j.dvalues + e * p.value_width, j.products[slot + h] * p.scale[e],
+                      j.grad_out + a * p.value_width, dir == 1, h);
+      }
+    }
+}
+
+SO3KRATES_VARIANTS(forward_range)
+SO3KRATES_VARIANTS(receiver_range)
+SO3KRATES_VARIANTS(sender_range)
+SO3KRATES_VARIANTS(edge_range)
+
+// The forward pass. With `products` given (the autograd path), also keeps each message's
+// s_h = sum_d q w k (before the scale) in it, (E * directions, heads), message (e, dir) in row
+// e * directions + dir: the backward reads them instead of recomputing them (heads numbers per
+// message, against the F-wide rows they are made of).
+static Tensor forward_pass(const Tensor &q_in, const Tensor &k_in, const Tensor &w_in, const Tensor &scale_in,
+                           const Tensor &values_in, const Tensor &parity_in, c10::IntArrayRef segments,
+                           const Tensor &idx_i_in, const Tensor &idx_j_in, int64_t num_atoms,
+                           bool values_per_edge, bool mirrored, Tensor *products) {
   check_inputs(q_in, k_in, w_in, scale_in, values_in, parity_in, segments, idx_i_in, idx_j_in, num_atoms,
                values_per_edge);
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), w = w_in.contiguous(), scale = scale_in.contiguous(),
                values = values_in.contiguous(), parity = parity_in.contiguous(), idx_i = idx_i_in.contiguous(),
                idx_j = idx_j_in.contiguous();
   Tensor out = at::zeros({num_atoms, values.size(1)}, q.options());
+  const int directions = mirrored ? 2 : 1;
+  if (products) *products = at::empty({idx_i.size(0) * directions, (int64_t)segments.size() - 1}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "so3krates::edge_attention", [&] {
     const auto p = make_problem<scalar_t>(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms,
                                           values_per_edge, mirrored);
     const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, true);
-    scalar_t *o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, num_atoms, GRAIN, [&](int64_t begin, int64_t end) {
-      std::vector<scalar_t> s(p.heads);
-      for (int64_t a = begin; a < end; ++a) {
-        scalar_t *oa = o + a * p.value_width;
-        for (int64_t m = by_receiver.offsets[a]; m < by_receiver.offsets[a + 1]; ++m) {
-          const int64_t e = by_receiver.edge[m];
-          const int dir = by_receiver.direction[m];
-          const int64_t b = p.sender(e, dir);
-          p.products(e, a, b, s.data());
-          const scalar_t *row = p.value_row(e, b);
-          for (int64_t h = 0; h < p.heads; ++h) p.add_value(oa, s[h] * p.scale[e], row, p.signed_values(dir), h);
-        }
-      }
-    });
+    Passes<scalar_t> j{};
+    j.p = &p;
+    j.messages = &by_receiver;
+    j.out = out.data_ptr<scalar_t>();
+    j.products = products ? products->data_ptr<scalar_t>() : nullptr;
+    j.directions = directions;
+    SO3KRATES_RUN(forward_range, Passes<scalar_t>, j, num_atoms);
   });
   return out;
 }
 
+Tensor edge_attention_forward(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale,
+                              const Tensor &values, const Tensor &parity, c10::IntArrayRef segments,
+                              const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms,
+                              bool values_per_edge, bool mirrored) {
+  return forward_pass(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms, values_per_edge, mirrored,
+                      nullptr);
+}
+
 // Gradients of sum(grad_out * out) with respect to q, k, w, scale, values (undefined where not
-// needed), recomputing alpha from the inputs.
+// needed), from the inputs and the forward's per-message products s_h. Three passes: per receiver
+// (g_h = grad_out[a] . value over the head's columns, kept per message like s_h; dq), per sender
+// (dk; dvalues of per-atom values), per edge (dw, dscale; dvalues of per-edge values). Each
+// message's g_h and s_h are formed once, not in every pass.
 std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Tensor &q, const Tensor &k,
                                             const Tensor &w, const Tensor &scale, const Tensor &values,
-                                            const Tensor &parity, c10::IntArrayRef segments, const Tensor &idx_i,
+                                            const Tensor &parity, const Tensor &products,
+                                            c10::IntArrayRef segments, const Tensor &idx_i,
                                             const Tensor &idx_j, int64_t num_atoms, bool values_per_edge,
                                             bool mirrored, std::array<bool, 5> needed) {
   const Tensor grad_out = grad_out_in.contiguous();
   Tensor dq, dk, dw, dscale, dvalues;
   if (needed[0]) dq = at::zeros_like(q);
   if (needed[1]) dk = at::zeros_like(k);
-  if (needed[2]) dw = at::zeros_like(w);
+  if (needed[2]) dw = at::empty_like(w, at::MemoryFormat::Contiguous);   // each row written whole (edge_range)
   if (needed[3]) dscale = at::zeros_like(scale);
   if (needed[4]) dvalues = at::zeros_like(values);
+  const bool atom_values = needed[4] && !values_per_edge, edge_values = needed[4] && values_per_edge;
+  const bool need_g = needed[0] || needed[1] || needed[2] || needed[3];
+  const Tensor value_grads = need_g ? at::empty_like(products) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "so3krates::edge_attention_backward", [&] {
     const auto p = make_problem<scalar_t>(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms,
                                           values_per_edge, mirrored);
-    const scalar_t *go = grad_out.data_ptr<scalar_t>();
-    const int64_t F = p.features, c = p.width;
-    // Per receiver a: dq[a] += g_h scale w k[b].
-    if (needed[0]) {
+    Passes<scalar_t> j{};
+    j.p = &p;
+    j.grad_out = grad_out.data_ptr<scalar_t>();
+    j.products = products.data_ptr<scalar_t>();
+    j.value_grads = need_g ? value_grads.data_ptr<scalar_t>() : nullptr;
+    j.directions = mirrored ? 2 : 1;
+    if (need_g) {
       const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, true);
-      scalar_t *dq_ = dq.data_ptr<scalar_t>();
-      at::parallel_for(0, num_atoms, GRAIN, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> g(p.heads);
-        for (int64_t a = begin; a < end; ++a)
-          for (int64_t m = by_receiver.offsets[a]; m < by_receiver.offsets[a + 1]; ++m) {
-            const int64_t e = by_receiver.edge[m];
-            const int dir = by_receiver.direction[m];
-            const int64_t b = p.sender(e, dir);
-            p.value_products(e, dir, a, b, go, g.data());
-            for (int64_t h = 0; h < p.heads; ++h) {
-              const scalar_t gs = g[h] * p.scale[e];
-_Pragma("omp simd")
-              for (int64_t d = h * c; d < (h + 1) * c; ++d) dq_[a * F + d] += gs * p.w[e * F + d] * p.k[b * F + d];
-            }
-          }
-      });
+      j.messages = &by_receiver;
+      j.dq = needed[0] ? dq.data_ptr<scalar_t>() : nullptr;
+      SO3KRATES_RUN(receiver_range, Passes<scalar_t>, j, num_atoms);
+      j.dq = nullptr;
     }
-    // Per sender b: dk[b] += g_h scale w q[a]; dvalues[b] += alpha_h grad_out[a] (per-atom values).
-    const bool atom_values = needed[4] && !values_per_edge;
     if (needed[1] || atom_values) {
       const auto by_sender = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, false);
-      scalar_t *dk_ = needed[1] ? dk.data_ptr<scalar_t>() : nullptr;
-      scalar_t *dv_ = atom_values ? dvalues.data_ptr<scalar_t>() : nullptr;
-      at::parallel_for(0, num_atoms, GRAIN, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> g(p.heads), s(p.heads);
-        for (int64_t b = begin; b < end; ++b)
-          for (int64_t m = by_sender.offsets[b]; m < by_sender.offsets[b + 1]; ++m) {
-            const int64_t e = by_sender.edge[m];
-            const int dir = by_sender.direction[m];
-            const int64_t a = p.receiver(e, dir);
-            if (dk_) {
-              p.value_products(e, dir, a, b, go, g.data());
-              for (int64_t h = 0; h < p.heads; ++h) {
-                const scalar_t gs = g[h] * p.scale[e];
-_Pragma("omp simd")
-                for (int64_t d = h * c; d < (h + 1) * c; ++d) dk_[b * F + d] += gs * p.w[e * F + d] * p.q[a * F + d];
-              }
-            }
-            if (dv_) {
-              p.products(e, a, b, s.data());
-              for (int64_t h = 0; h < p.heads; ++h)
-                p.add_value(dv_ + b * p.value_width, s[h] * p.scale[e], go + a * p.value_width, false, h);
-            }
-          }
-      });
+      j.messages = &by_sender;
+      j.dk = needed[1] ? dk.data_ptr<scalar_t>() : nullptr;
+      j.dvalues = atom_values ? dvalues.data_ptr<scalar_t>() : nullptr;
+      SO3KRATES_RUN(sender_range, Passes<scalar_t>, j, num_atoms);
+      j.dk = j.dvalues = nullptr;
     }
-    // Per edge, both directions: dw, dscale, and dvalues of per-edge values.
-    const bool edge_values = needed[4] && values_per_edge;
     if (needed[2] || needed[3] || edge_values) {
-      scalar_t *dw_ = needed[2] ? dw.data_ptr<scalar_t>() : nullptr;
-      scalar_t *ds_ = needed[3] ? dscale.data_ptr<scalar_t>() : nullptr;
-      scalar_t *dv_ = edge_values ? dvalues.data_ptr<scalar_t>() : nullptr;
-      const int directions = mirrored ? 2 : 1;
-      at::parallel_for(0, p.num_edges, GRAIN, [&](int64_t begin, int64_t end) {
-        std::vector<scalar_t> g(p.heads), s(p.heads);
-        for (int64_t e = begin; e < end; ++e)
-          for (int dir = 0; dir < directions; ++dir) {
-            const int64_t a = p.receiver(e, dir), b = p.sender(e, dir);
-            p.value_products(e, dir, a, b, go, g.data());
-            if (ds_ || dv_) p.products(e, a, b, s.data());
-            for (int64_t h = 0; h < p.heads; ++h) {
-              if (dw_) {
-                const scalar_t gs = g[h] * p.scale[e];
-_Pragma("omp simd")
-                for (int64_t d = h * c; d < (h + 1) * c; ++d) dw_[e * F + d] += gs * p.q[a * F + d] * p.k[b * F + d];
-              }
-              if (ds_) ds_[e] += g[h] * s[h];
-              if (dv_) p.add_value(dv_ + e * p.value_width, s[h] * p.scale[e], go + a * p.value_width, dir == 1, h);
-            }
-          }
-      });
+      j.dw = needed[2] ? dw.data_ptr<scalar_t>() : nullptr;
+      j.dscale = needed[3] ? dscale.data_ptr<scalar_t>() : nullptr;
+      j.dvalues = edge_values ? dvalues.data_ptr<scalar_t>() : nullptr;
+      SO3KRATES_RUN(edge_range, Passes<scalar_t>, j, p.num_edges);
     }
   });
   return {dq, dk, dw, dscale, dvalues};
@@ -317,16 +389,19 @@ class EdgeAttention : public torch::autograd::Function<EdgeAttention> {
                         const Tensor &scale, const Tensor &values, const Tensor &parity,
                         c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms,
                         bool values_per_edge, bool mirrored) {
-    // Only the inputs are kept (no edges x F intermediate): the backward recomputes alpha.
+    // Only the inputs and the per-message products are kept (no edges x F intermediate).
+    at::AutoDispatchBelowADInplaceOrView guard;
+    Tensor products;
+    Tensor out = forward_pass(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms, values_per_edge,
+                              mirrored, &products);
     ctx->save_for_backward({q.contiguous(), k.contiguous(), w.contiguous(), scale.contiguous(),
-                            values.contiguous(), parity.contiguous(), idx_i.contiguous(), idx_j.contiguous()});
+                            values.contiguous(), parity.contiguous(), idx_i.contiguous(), idx_j.contiguous(),
+                            products});
     ctx->saved_data["segments"] = segments.vec();
     ctx->saved_data["num_atoms"] = num_atoms;
     ctx->saved_data["values_per_edge"] = values_per_edge;
     ctx->saved_data["mirrored"] = mirrored;
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return edge_attention_forward(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms,
-                                  values_per_edge, mirrored);
+    return out;
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext *ctx,
@@ -339,7 +414,7 @@ class EdgeAttention : public torch::autograd::Function<EdgeAttention> {
     std::array<bool, 5> needed{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                ctx->needs_input_grad(3), ctx->needs_input_grad(4)};
     auto grads = edge_attention_backward(grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                                         saved[5], segments, saved[6], saved[7],
+                                         saved[5], saved[8], segments, saved[6], saved[7],
                                          ctx->saved_data["num_atoms"].toInt(),
                                          ctx->saved_data["values_per_edge"].toBool(),
                                          ctx->saved_data["mirrored"].toBool(), needed);

@@ -138,3 +138,14 @@ def structure_charge_and_multiplicity(atoms, charge, multiplicity):
         multiplicity = atoms.info.get("multiplicity", atoms.info.get("spin", 1))
     check_global_inputs({"charge": True, "multiplicity": True}, charge, multiplicity, "atoms.info")
     return charge, multiplicity
+
+
+def structure_inputs(model_path, atoms) -> dict:
+    """charge / multiplicity from atoms.info (as the ASE calculator reads them) for models that take
+    them (SO3LR), so that every engine of `so3krates md` / `validate` sees the same structure."""
+    from so3krates.export import read_metadata
+    inputs = read_metadata(model_path).get("global_inputs", [])
+    if not inputs:
+        return {}
+    charge, multiplicity = structure_charge_and_multiplicity(atoms, None, None)
+    return {k: v for k, v in (("charge", charge), ("multiplicity", multiplicity)) if k in inputs}

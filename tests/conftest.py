@@ -7,6 +7,7 @@ Markers (pyproject.toml): `mpi` for tests that start several MPI ranks, `slow` f
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -19,6 +20,25 @@ from ase.build import molecule
 from so3krates.export import export_model
 from so3krates.model import So3krates
 from so3krates.model.config import preset
+
+
+LONG_TESTS = "SO3KRATES_LONG_TESTS"
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "long: minutes on 2 cores; skipped unless SO3KRATES_LONG_TESTS=1 "
+                                       "(`make test-long` runs them)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests of several minutes each (a 2 ps MD run of a large pretrained model) would push `make test`
+    past its budget: they are skipped, with the command that runs them, unless asked for."""
+    if os.environ.get(LONG_TESTS) == "1":
+        return
+    skip = pytest.mark.skip(reason=f"long test (minutes): run it with `make test-long` ({LONG_TESTS}=1)")
+    for item in items:
+        if "long" in item.keywords:
+            item.add_marker(skip)
 
 ELEMENTS = [1, 6, 8]
 # Realistic per-element shifts (eV): energies of the size of real ones exercise float32 round-off.
@@ -144,3 +164,13 @@ def trained_ethanol(tmp_path_factory) -> Path:
                 "--threads", "1", "--quiet"]) == 0
     export_model(folder / "run" / "best.ckpt", folder / "ethanol.pt", "float64")
     return folder / "ethanol.pt"
+
+
+@pytest.fixture(scope="session")
+def so3lr_file(tmp_path_factory) -> str:
+    """`so3krates pretrained so3lr -o so3lr.pt` (float64, default radial table), through the CLI's main;
+    once per session (test_so3lr.py, test_lammps_so3lr.py)."""
+    from so3krates.cli import main
+    path = tmp_path_factory.mktemp("so3lr") / "so3lr.pt"
+    assert main(["pretrained", "so3lr", "-o", str(path)]) == 0
+    return str(path)

@@ -169,6 +169,91 @@ def test_operator_gradcheck(values_per_edge, mirrored):
     assert torch.autograd.gradcheck(op, (q, k, w, scale, values))
 
 
+@pytest.mark.parametrize("values_per_edge", [False, True], ids=["atom-values", "edge-values"])
+def test_operator_partial_gradients(values_per_edge):
+    """Each input's gradient alone (the backward skips the passes nobody needs) equals its gradient
+    when all five are asked for."""
+    g = torch.Generator().manual_seed(2)
+    atoms, edges, features = 6, 11, 8
+    segments = [0, 3, 8] if values_per_edge else [0, 4, 8]
+    tensors = [torch.randn(atoms, features, generator=g, dtype=torch.float64),
+               torch.randn(atoms, features, generator=g, dtype=torch.float64),
+               torch.randn(edges, features, generator=g, dtype=torch.float64),
+               torch.rand(edges, generator=g, dtype=torch.float64),
+               torch.randn(edges if values_per_edge else atoms, 8, generator=g, dtype=torch.float64)]
+    parity = torch.tensor([-1.0] * 3 + [1.0] * 5, dtype=torch.float64)
+    idx_i = torch.randint(0, atoms, (edges,), generator=g)
+    idx_j = torch.randint(0, atoms, (edges,), generator=g)
+    weights = torch.randn(atoms, 8, generator=g, dtype=torch.float64)
+
+    def grads(wanted):
+        inputs = [t.clone().requires_grad_(n in wanted) for n, t in enumerate(tensors)]
+        out = torch.ops.so3krates.edge_attention(*inputs[:5], parity, segments, idx_i, idx_j, atoms,
+                                                 values_per_edge, True)
+        return torch.autograd.grad((out * weights).sum(), [inputs[n] for n in wanted])
+
+    everything = grads(range(5))
+    assert all(float(d.abs().max()) > 0 for d in everything)
+    for n in range(5):
+        assert torch.equal(grads([n])[0], everything[n]), f"input {n}"
+
+
+def test_both_instruction_set_variants_equal_plain(monkeypatch):
+    """The operator's passes are compiled twice, for any x86-64 (SSE2) and for AVX2, and picked at run
+    time; SO3KRATES_OPS_ISA=baseline forces the first. Both give the plain path's numbers, and they
+    agree with each other in float32 to round-off."""
+    plain, fused = pair(True, zbl_repulsion=True)
+    args = inputs(triclinic(random_water(12)))
+    reference = plain.compute(*args, compute_virial=True)
+    results = {}
+    for isa in ("baseline", "native"):
+        monkeypatch.setenv("SO3KRATES_OPS_ISA", isa)
+        out = fused.compute(*args, compute_virial=True)
+        for key in ("energy", "forces", "virial"):
+            assert_close(reference[key].detach(), out[key].detach(), f"{key} ({isa})")
+        results[isa] = copy.deepcopy(fused).float().compute(*args)["forces"].detach()
+    assert torch.allclose(results["baseline"], results["native"], rtol=0, atol=1e-5 * float(results["native"].abs().max()))
+
+
+def test_hermite_lookup_equals_embedding_bag():
+    """so3krates::hermite_lookup (ops/radial_lookup.cpp) against the plain export's embedding_bag
+    lookup (model/radial_table.py): values and the weights' gradient, both instruction-set variants;
+    the table is a constant (its gradient is refused)."""
+    from so3krates.model.radial_table import hermite_weights, lookup
+    g = torch.Generator().manual_seed(3)
+    table = torch.randn(4 * 63, 16, generator=g, dtype=torch.float64)
+    r = 4.5 * torch.rand(40, generator=g, dtype=torch.float64)
+    rows, weights = hermite_weights(r, 4.5, 64)
+    upstream = torch.randn(40, 16, generator=g, dtype=torch.float64)
+    plain_w = weights.clone().requires_grad_(True)
+    expected = lookup(table, rows, plain_w)
+    expected_grad, = torch.autograd.grad((expected * upstream).sum(), plain_w)
+    for isa in ("baseline", "native"):
+        os.environ["SO3KRATES_OPS_ISA"] = isa
+        try:
+            fused_w = weights.clone().requires_grad_(True)
+            out = torch.ops.so3krates.hermite_lookup(table, rows, fused_w)
+            grad, = torch.autograd.grad((out * upstream).sum(), fused_w)
+        finally:
+            del os.environ["SO3KRATES_OPS_ISA"]
+        assert_close(expected.detach(), out.detach(), f"lookup ({isa})")
+        assert_close(expected_grad, grad, f"d weights ({isa})")
+    assert torch.autograd.gradcheck(lambda w: torch.ops.so3krates.hermite_lookup(table, rows[:5], w),
+                                    (weights[:5].clone().requires_grad_(True),))
+    with pytest.raises(RuntimeError, match="the table is a constant"):
+        out = torch.ops.so3krates.hermite_lookup(table.clone().requires_grad_(True), rows, weights)
+        out.sum().backward()
+
+
+def test_operator_missing_from_an_old_library(tmp_path):
+    """A file that lists an operator the loaded library lacks (a library built before it): one line
+    naming the operator and the fix, before torch.jit.load."""
+    from so3krates.export.exporter import require_operators
+    metadata = {"fused": True, "operators": ["so3krates::edge_attention", "so3krates::no_such_operator"]}
+    with pytest.raises(RuntimeError, match="so3krates::no_such_operator.*make install.*--fused 0"):
+        require_operators(tmp_path / "model.pt", metadata)
+
+
 def test_second_derivatives_refused():
     _, fused = pair(False)
     pos, z, _, _ = inputs(ethanol())
@@ -183,7 +268,7 @@ def test_export_flag_and_metadata(tmp_path):
     export_model(network, fused_path)                       # fused by default
     export_model(network, plain_path, fused=False)
     assert read_metadata(fused_path)["fused"] is True
-    assert read_metadata(fused_path)["operators"] == ["so3krates::edge_attention"]
+    assert read_metadata(fused_path)["operators"] == ["so3krates::edge_attention", "so3krates::hermite_lookup"]
     assert read_metadata(plain_path)["fused"] is False and read_metadata(plain_path)["operators"] == []
     fused, _ = load_model(fused_path)
     plain, _ = load_model(plain_path)
@@ -191,6 +276,7 @@ def test_export_flag_and_metadata(tmp_path):
     for module, calls in ((fused, True), (plain, False)):
         for block in ("invariant_attention", "euclidean_attention"):
             assert ("edge_attention" in getattr(getattr(module.network.layers, "0"), block).code) is calls
+        assert ("hermite_lookup" in getattr(module.network.layers, "0").filter_inv.code) is calls
     args = inputs(ethanol())
     assert_close(plain.compute(*args)["forces"], fused.compute(*args)["forces"], "forces")
 
@@ -203,7 +289,7 @@ def test_cli_export_fused_0_and_info(tmp_path, capsys):
         assert cli(["export", str(checkpoint), "-o", str(out), "--fused", flag]) == 0
         assert read_metadata(out)["fused"] is expected
     assert cli(["info", str(tmp_path / "fused1.pt")]) == 0
-    assert "fused (so3krates::edge_attention, loaded)" in capsys.readouterr().out
+    assert "fused (so3krates::edge_attention, so3krates::hermite_lookup, loaded)" in capsys.readouterr().out
     assert cli(["info", str(tmp_path / "fused0.pt")]) == 0
     assert "plain PyTorch" in capsys.readouterr().out
 

@@ -26,15 +26,6 @@ def case_atoms(case) -> Atoms:
     return Atoms(numbers=case["numbers"], positions=case["positions"], cell=case["cell"], pbc=case["pbc"])
 
 
-@pytest.fixture(scope="module")
-def so3lr_file(tmp_path_factory):
-    """`so3krates pretrained so3lr -o so3lr.pt` (float64, default radial table), through the CLI's main."""
-    from so3krates.cli import main
-    path = tmp_path_factory.mktemp("so3lr") / "so3lr.pt"
-    assert main(["pretrained", "so3lr", "-o", str(path)]) == 0
-    return str(path)
-
-
 @pytest.mark.parametrize("name", [c["name"] for c in reference_cases()])
 def test_so3lr_matches_so3krates_torch(so3lr_file, name):
     """Energies to 1e-5 eV and forces to 1e-4 eV/A of SO3LRCalculator (float64, its defaults), on
@@ -177,18 +168,3 @@ def test_openmm_ml_mm_with_an_so3lr_region_and_create_system_charge(so3lr_file):
         molecule_atoms.calc = So3kratesCalculator(so3lr_file, charge=charge, multiplicity=multiplicity)
         assert energies[-1] * EV_PER_KJ_MOL == pytest.approx(molecule_atoms.get_potential_energy(), rel=1e-10)
     assert abs(energies[1] - energies[0]) * EV_PER_KJ_MOL > 0.1
-
-
-def test_lammps_refuses_a_long_range_model_with_a_clear_error(so3lr_file):
-    """The pair style cannot run SO3LR yet (charge conservation and the charge/spin embeddings are
-    sums over the whole system): `so3krates md --engine lammps` says so before LAMMPS starts, and the
-    pair style itself stops with an ERROR naming the reason."""
-    from so3krates.engines import get
-    from so3krates.lammps_pair.single_point import single_point
-    atoms = molecule("H2O")
-    atoms.center(vacuum=6.0)
-    with pytest.raises(ValueError, match="LAMMPS pair style cannot run it yet"):
-        get("lammps").single_point(so3lr_file, atoms)
-    with pytest.raises(Exception, match="long-range terms and/or total-charge/spin inputs .* pair_style "
-                                        "so3krates cannot run it yet"):
-        single_point(so3lr_file, atoms)   # the pair style's own check
