@@ -6,7 +6,7 @@ allocators interleaved size by size; per process: `repeat` calls after one warm-
 with the user and system CPU time, minor page faults and peak RSS of that process.
 
     python benchmarks/allocator.py --sizes 1000 5000 10000 [--edge-pass fused|plain]
-        [--allocators glibc glibc-tuned tcmalloc] [--engines compute ase openmm lammps]
+        [--allocators glibc glibc-untuned tcmalloc] [--engines compute ase openmm lammps]
 
 Engines (each in its own fresh process too): `compute` (the exported module's compute() with its
 own neighbour search), `ase` (So3kratesCalculator: vesin's pairs), `openmm` (a TorchForce in a CPU
@@ -90,7 +90,7 @@ def worker(n: int, preset_name: str, dtype: str, repeat: int, edge_pass: str, en
     from so3krates.model.network import So3krates
     from so3krates.structures import water_box
     torch.set_num_threads(1)
-    tune_glibc_malloc()   # as loading an exported model does with SO3KRATES_MALLOC_TUNING=1
+    tune_glibc_malloc()   # as loading an exported model does (unless SO3KRATES_MALLOC_TUNING=0)
     torch.manual_seed(0)
     network = So3krates(preset(preset_name, elements=[1, 8], dtype=dtype))
     tmp = tempfile.mkdtemp(prefix="so3krates-allocator-")
@@ -120,8 +120,8 @@ def main() -> int:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--edge-pass", choices=["fused", "plain"], default="fused")
-    p.add_argument("--allocators", nargs="+", choices=["glibc", "glibc-tuned", "tcmalloc"],
-                   default=["glibc", "glibc-tuned", "tcmalloc"])
+    p.add_argument("--allocators", nargs="+", choices=["glibc", "glibc-untuned", "tcmalloc"],
+                   default=["glibc", "glibc-untuned", "tcmalloc"])
     p.add_argument("--engines", nargs="+", choices=["compute", "ase", "openmm", "lammps"], default=["compute"])
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "allocator.json"))
     p.add_argument("--worker", type=int, help=argparse.SUPPRESS)
@@ -132,7 +132,9 @@ def main() -> int:
         return 0
     from so3krates.allocator import OPT_OUT, TUNING_OPT_OUT, tcmalloc_library, with_tcmalloc
     base = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", OPT_OUT, TUNING_OPT_OUT)}
-    envs = {"glibc": {**base, OPT_OUT: "0"}, "glibc-tuned": {**base, OPT_OUT: "0", TUNING_OPT_OUT: "1"}}
+    # "glibc": what a machine without tcmalloc gets (tuned in process when the model is loaded, the
+    # default); "glibc-untuned": glibc as it starts (SO3KRATES_MALLOC_TUNING=0)
+    envs = {"glibc": {**base, OPT_OUT: "0"}, "glibc-untuned": {**base, OPT_OUT: "0", TUNING_OPT_OUT: "0"}}
     if tcmalloc_library() is not None:
         envs["tcmalloc"] = with_tcmalloc(base)
     else:

@@ -206,6 +206,6 @@ def load_exported(path: str | os.PathLike, device: str = "cpu") -> Tuple[torch.j
     from so3krates.allocator import tune_glibc_malloc
     metadata = read_metadata(path)
     require_operators(path, metadata)
-    tune_glibc_malloc()   # with SO3KRATES_MALLOC_TUNING=1 (so3krates/allocator.py)
+    tune_glibc_malloc()   # unless SO3KRATES_MALLOC_TUNING=0 (so3krates/allocator.py)
     module = torch.jit.load(str(path), map_location=device)
     return module.eval(), metadata

@@ -26,7 +26,7 @@ def is_exported_file(path: str | Path) -> bool:
 def load_model(model, device: str = "cpu") -> Tuple[Any, Dict[str, Any]]:
     """An exported file, a checkpoint file, a Potential or a ScriptModule -> (module, metadata)."""
     from so3krates.allocator import tune_glibc_malloc
-    tune_glibc_malloc()   # with SO3KRATES_MALLOC_TUNING=1 (so3krates/allocator.py)
+    tune_glibc_malloc()   # unless SO3KRATES_MALLOC_TUNING=0 (so3krates/allocator.py)
     if isinstance(model, (Potential, torch.jit.ScriptModule)):
         return model.to(device), {}
     path = Path(model)

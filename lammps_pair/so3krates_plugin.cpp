@@ -14,13 +14,13 @@ static Pair *so3krates_creator(LAMMPS *lmp)
 }
 
 // The model allocates and frees large per-edge buffers at every step; glibc hands them back to the
-// kernel and page-faults them in again each time. SO3KRATES_MALLOC_TUNING=1 keeps them in the
-// process, as so3krates/allocator.py does for Python: faster, but the heap fragments and peaks
-// higher (docs/benchmarks.md), hence opt-in. A no-op under tcmalloc.
+// kernel and page-faults them in again each time. This keeps them in the process, as
+// so3krates/allocator.py does for Python (docs/benchmarks.md, "Memory allocator");
+// SO3KRATES_MALLOC_TUNING=0 leaves glibc as it starts. A no-op under tcmalloc.
 static void tune_malloc()
 {
-  const char *opt_in = std::getenv("SO3KRATES_MALLOC_TUNING");
-  if (!opt_in || std::strcmp(opt_in, "1") != 0) return;
+  const char *opt_out = std::getenv("SO3KRATES_MALLOC_TUNING");
+  if (opt_out && std::strcmp(opt_out, "0") == 0) return;
   mallopt(M_MMAP_MAX, 0);
   mallopt(M_TRIM_THRESHOLD, -1);    // SIZE_MAX inside glibc: never trim
 }

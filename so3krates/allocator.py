@@ -8,12 +8,14 @@ with the system size. tcmalloc keeps freed blocks for reuse (benchmarks/allocato
 both; figures in docs/benchmarks.md).
 
 Two remedies, both keeping freed blocks for reuse:
-- glibc tuned in process (`tune_glibc_malloc`, opt-in with SO3KRATES_MALLOC_TUNING=1): large blocks
-  come from the heap instead of mmap, and the heap is never trimmed back to the kernel, the
-  in-process form of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>. Applied when a model is
+- glibc tuned in process (`tune_glibc_malloc`, the default; SO3KRATES_MALLOC_TUNING=0 turns it off):
+  large blocks come from the heap instead of mmap, and the heap is never trimmed back to the kernel,
+  the in-process form of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>. Applied when a model is
   loaded (the export loader, hence ASE, OpenMM and the CLI) and by the LAMMPS plugin when LAMMPS
-  loads it. Measured (docs/benchmarks.md): no page faults and 1.27x faster at 6,000 water atoms, but
-  the fragmented heap peaks at 2.9x the memory, so it is not the default.
+  loads it. Measured with the fused edge pass (docs/benchmarks.md): within a few % of tcmalloc's
+  time at 12,000 water atoms, peak memory ~10 % above glibc's defaults. (With the plain edge pass,
+  which kept ~16 edges x F tensors per layer, the heap fragmented to 2.9x the memory: it was opt-in
+  then.)
 - tcmalloc, optional: an allocator cannot be swapped inside a running process; it has to be
   preloaded (LD_PRELOAD) before the process starts, so `so3krates` re-executes itself once with it,
   and passes it on to the `lmp` processes it starts. SO3KRATES_TCMALLOC=0 turns this off.
@@ -27,7 +29,7 @@ import sys
 from typing import Dict, List, Optional
 
 OPT_OUT = "SO3KRATES_TCMALLOC"     # "0": keep the default allocator
-TUNING_OPT_OUT = "SO3KRATES_MALLOC_TUNING"    # "1": tune glibc's malloc (opt-in, see above)
+TUNING_OPT_OUT = "SO3KRATES_MALLOC_TUNING"    # "0": leave glibc's malloc as it starts (see above)
 # glibc's mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD = -1
 M_MMAP_MAX = -4
@@ -74,18 +76,16 @@ def reexec_with_tcmalloc(python_args: List[str]) -> None:
 
 
 def tune_glibc_malloc() -> bool:
-    """With SO3KRATES_MALLOC_TUNING=1, keep freed memory in the process (no mmap for large blocks,
-    no trimming). Returns whether the settings were applied; a no-op otherwise, under tcmalloc and
+    """Keep freed memory in the process (no mmap for large blocks, no trimming), unless
+    SO3KRATES_MALLOC_TUNING=0. Returns whether the settings are applied; a no-op under tcmalloc and
     off glibc."""
-    if os.environ.get(TUNING_OPT_OUT) != "1":
-        return _tuned
     return keep_freed_memory()
 
 
 def keep_freed_memory() -> bool:
-    """The glibc settings of tune_glibc_malloc without the opt-in: for training, whose batches are
-    small and of fixed size, so the heap stays small (benchmarks/training_throughput.py). A no-op
-    under tcmalloc and off glibc; SO3KRATES_MALLOC_TUNING=0 turns it off."""
+    """The glibc settings of tune_glibc_malloc, also used by training, whose batches are small and of
+    fixed size, so the heap stays small (benchmarks/training_throughput.py). A no-op under tcmalloc
+    and off glibc; SO3KRATES_MALLOC_TUNING=0 turns it off."""
     global _tuned
     if _tuned:
         return True

@@ -68,14 +68,14 @@ def mmapped_blocks(model, extra_env):
     return int(proc.stdout.split()[-1])
 
 
-def test_malloc_tuning_keeps_large_blocks_in_the_heap_when_asked_for(export_random):
-    """No system package needed: with SO3KRATES_MALLOC_TUNING=1, loading a model tunes glibc so that
-    large blocks come from the heap (reused across evaluations) instead of mmap (page-faulted in
-    again at every evaluation). Opt-in: without it glibc keeps its defaults."""
+def test_malloc_tuning_keeps_large_blocks_in_the_heap_unless_turned_off(export_random):
+    """No system package needed: loading a model tunes glibc so that large blocks come from the heap
+    (reused across evaluations) instead of mmap (page-faulted in again at every evaluation);
+    SO3KRATES_MALLOC_TUNING=0 keeps glibc's defaults."""
     model = export_random("allocator_tiny")
     assert mmapped_blocks("-", {}) >= 1                     # glibc's default: a 200 MB block is mmapped
-    assert mmapped_blocks(model, {}) >= 1                   # loading a model changes nothing by default
-    assert mmapped_blocks(model, {"SO3KRATES_MALLOC_TUNING": "1"}) == 0   # asked for: from the heap
+    assert mmapped_blocks(model, {}) == 0                   # a model loaded: from the heap
+    assert mmapped_blocks(model, {"SO3KRATES_MALLOC_TUNING": "0"}) >= 1   # turned off: glibc as it starts
 
 
 def test_python_dash_m_so3krates_is_the_command():
