@@ -18,6 +18,32 @@ class Interrupted(Exception):
     """Ctrl-C, with one line saying what was saved; the CLI prints it and exits with 130."""
 
 
+def caused_by_interrupt(exc: Optional[BaseException]) -> bool:
+    """Whether Ctrl-C is behind `exc`. A KeyboardInterrupt that lands inside an import or a class
+    definition reaches the caller wrapped, e.g. as Python 3.11's RuntimeError "Error calling
+    __set_name__ on ..." with the KeyboardInterrupt as its cause."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+@contextmanager
+def plain_interrupts():
+    """Inside the block, an error caused by Ctrl-C is raised as the KeyboardInterrupt it is."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:
+        if caused_by_interrupt(exc):
+            raise KeyboardInterrupt() from exc
+        raise
+
+
 @contextmanager
 def whole():
     """Ctrl-C waits until the block is done: a row or frame is written whole, and the count of

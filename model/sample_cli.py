@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 
 def main(args) -> int:
-    from .outputs import Interrupted
+    from .outputs import Interrupted, plain_interrupts
     from .sample import FrameFile, SampleSettings, level_of_theory, sample_to_file
     settings = SampleSettings(method=args.method, temperature=args.temperature, frames=args.frames,
                               stride=args.stride, timestep_fs=args.timestep, friction_per_ps=args.friction,
@@ -29,7 +29,8 @@ def main(args) -> int:
     settings.validate()
     out = FrameFile(args.output)
     try:
-        frames = sample_to_file(args.structure, args.output, settings, progress=not args.quiet, out=out)
+        with plain_interrupts():
+            frames = sample_to_file(args.structure, args.output, settings, progress=not args.quiet, out=out)
     except KeyboardInterrupt:
         raise Interrupted(f"{args.output} holds the {out.count} frame(s) labelled so far" if out.count
                           else "no frame was labelled yet, nothing was saved") from None

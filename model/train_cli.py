@@ -184,11 +184,12 @@ def options_from_args(args):
 def main(args) -> int:
     from pathlib import Path
 
-    from .outputs import Interrupted
+    from .outputs import Interrupted, plain_interrupts
     from .train import Trainer
     options = options_from_args(args)
     try:
-        best = Trainer(options).run()
+        with plain_interrupts():
+            best = Trainer(options).run()
     except KeyboardInterrupt:
         last = Path(options.out) / "last.ckpt"
         if not last.is_file():

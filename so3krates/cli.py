@@ -46,7 +46,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from so3krates.model.outputs import Interrupted
+    from so3krates.model.outputs import Interrupted, caused_by_interrupt
     try:
         return int(args.func(args) or 0)
     except Interrupted as exc:
@@ -56,6 +56,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"so3krates {args.verb}: interrupted; nothing was saved", file=sys.stderr)
         return 130
     except (ValueError, OSError, RuntimeError) as exc:   # FileNotFoundError, PermissionError are OSErrors
+        if caused_by_interrupt(exc):    # Ctrl-C that landed inside an import (see outputs.py)
+            print(f"so3krates {args.verb}: interrupted; nothing was saved", file=sys.stderr)
+            return 130
         print(f"so3krates {args.verb}: error: {one_line(exc)}", file=sys.stderr)
         return 1
 

@@ -193,7 +193,7 @@ def register(subparsers) -> None:
 
 
 def _main(args) -> int:
-    from so3krates.model.outputs import Interrupted, check_output_file
+    from so3krates.model.outputs import Interrupted, check_output_file, plain_interrupts
     settings = MDSettings(ensemble=args.ensemble, temperature=args.temperature, timestep_fs=args.timestep,
                           steps=args.steps, friction_per_ps=args.friction, seed=args.seed,
                           log_every=args.log_every, traj_every=args.traj_every, device=args.device,
@@ -212,7 +212,8 @@ def _main(args) -> int:
     spec = EngineSpec(args.engine, args.ranks)
     writer = MDWriter(settings, len(atoms), spec.label, args.log, args.traj)
     try:
-        result = engines.run_md(spec, args.model, atoms, settings, progress=not args.quiet, observer=writer)
+        with plain_interrupts():
+            result = engines.run_md(spec, args.model, atoms, settings, progress=not args.quiet, observer=writer)
     except KeyboardInterrupt:
         raise Interrupted(writer.saved()) from None
     except BlowUp as exc:

@@ -346,6 +346,26 @@ def test_ctrl_c_during_training_says_what_was_saved(data, tmp_path):
     assert f"{out / 'last.ckpt'} holds the run up to epoch {epoch}" in line and "--resume" in line
 
 
+def test_ctrl_c_inside_an_import_is_still_an_interrupt():
+    """Ctrl-C that lands in a class definition (as during a lazy import, e.g. matplotlib's for the
+    learning curve) reaches the caller as Python 3.11's RuntimeError "Error calling __set_name__",
+    which the CLI once reported as an error (exit 1); plain_interrupts turns it back into the
+    KeyboardInterrupt it is (train, md and sample then say what was saved, exit 130)."""
+    from so3krates.model.outputs import caused_by_interrupt, plain_interrupts
+
+    class Descriptor:
+        def __set_name__(self, owner, name):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        with plain_interrupts():
+            type("Parsed", (), {"line": Descriptor()})
+    with pytest.raises(ValueError, match="a plain error"):
+        with plain_interrupts():
+            raise ValueError("a plain error")
+    assert not caused_by_interrupt(RuntimeError("a plain error"))
+
+
 # --- files are created with normal permissions ----------------------------------------------------------
 
 def test_every_file_is_created_with_0666_minus_umask(data, model, tmp_path):
