@@ -13,7 +13,7 @@ Two remedies, both keeping freed blocks for reuse:
   the in-process form of MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<huge>. Applied when a model is
   loaded (the export loader, hence ASE, OpenMM and the CLI) and by the LAMMPS plugin when LAMMPS
   loads it. Measured with the fused edge pass (docs/benchmarks.md): within a few % of tcmalloc's
-  time at 12,000 water atoms, peak memory ~10 % above glibc's defaults. (With the plain edge pass,
+  time at 6,000-12,000 water atoms, peak memory 1.1-1.3x glibc's defaults. (With the plain edge pass,
   which kept ~16 edges x F tensors per layer, the heap fragmented to 2.9x the memory: it was opt-in
   then.)
 - tcmalloc, optional: an allocator cannot be swapped inside a running process; it has to be
