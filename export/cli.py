@@ -18,7 +18,7 @@ def register(subparsers) -> None:
                         "0: exact filters, slower; docs/benchmarks.md)")
     p.add_argument("--fused", type=int, choices=[0, 1], default=1,
                    help="1 (default): the attention blocks' edge pass is the fused C++ operator "
-                        "so3krates::edge_attention (less memory, same numbers; no second derivatives); "
+                        "so3krates::edge_attention_pairs (less memory, same numbers; no second derivatives); "
                         "0: plain PyTorch")
     p.set_defaults(func=_export)
 

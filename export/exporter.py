@@ -35,7 +35,7 @@ class NotASo3kratesModel(ValueError):
 
 # The custom operators a fused export calls (ops/, so3krates/fused.py): the edge pass, and the
 # table lookup of tabulated radial filters.
-FUSED_OPERATOR = "so3krates::edge_attention"
+FUSED_OPERATOR = "so3krates::edge_attention_pairs"
 LOOKUP_OPERATOR = "so3krates::hermite_lookup"
 
 
@@ -97,7 +97,7 @@ def export_model(source, output: str | os.PathLike, dtype: str = "float64",
     radial_table: grid points of the tabulated radial filters (model/radial_table.py; faster, with a
     force error below 1e-7 of the largest force at the default, docs/benchmarks.md); 0 keeps the
     exact radial branch. fused: the attention blocks' edge pass is the C++ operator
-    so3krates::edge_attention (less memory, same numbers; readers must load it, which
+    so3krates::edge_attention_pairs (less memory, same numbers; readers must load it, which
     `import so3krates` and the LAMMPS plugin do); False keeps plain PyTorch."""
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")

@@ -149,7 +149,7 @@ class InvariantAttention(nn.Module):
     With `mirrored`, each edge (i, j) is a pair and the messages flow both ways, i <- j and
     j <- i, sharing the (symmetric) filter w_ij. qk_silu applies silu to queries and keys
     (qk_non_linearity). `fused` (set_fused; exports only): the edge pass is the C++ operator
-    so3krates::edge_attention (ops/edge_attention.cpp), same numbers without the edges x F tensors."""
+    so3krates::edge_attention_pairs (ops/edge_attention.cpp), same numbers without the edges x F tensors."""
 
     __constants__ = ["fused"]   # a plain model's TorchScript code does not mention the operator
 
@@ -179,7 +179,7 @@ class InvariantAttention(nn.Module):
         if self.fused:
             # The values are the senders' rows of v, the same in both directions (parity 1).
             return fused_edge_attention(q, k, w, phi * self.inv_norm, v, v.new_ones([v.shape[1]]), self.head_segments,
-                                        idx_i, idx_j, False, mirrored, num_receivers, num_pairs)
+                                        idx_i, idx_j, False, mirrored, num_pairs)
         w = w.view(-1, h, d)
         scale = (phi * self.inv_norm).unsqueeze(-1)
         out = torch.zeros_like(q)
@@ -206,25 +206,13 @@ def pair_edges(num_pairs: int, idx_i: torch.Tensor, idx_j: torch.Tensor, w: torc
 
 def fused_edge_attention(q: torch.Tensor, k: torch.Tensor, w: torch.Tensor, scale: torch.Tensor,
                          values: torch.Tensor, parity: torch.Tensor, segments: List[int], idx_i: torch.Tensor,
-                         idx_j: torch.Tensor, values_per_edge: bool, mirrored: bool, num_receivers: int,
-                         num_pairs: int) -> torch.Tensor:
-    """The fused operator's edge pass (ops/edge_attention.cpp). With num_pairs >= 0 (a LAMMPS rank,
-    `pair_edges`) q holds the receivers' rows only: it is padded with zero rows to k's, the first
-    num_pairs edges carry messages both ways and the rest i <- j only, and the receivers' rows of
-    the sum are returned, as the plain path does."""
-    n = k.shape[0]
-    if num_pairs < 0:
-        return torch.ops.so3krates.edge_attention(q, k, w, scale, values, parity, segments, idx_i, idx_j, n,
-                                                  values_per_edge, mirrored)
-    q = torch.cat([q, q.new_zeros([n - q.shape[0], q.shape[1]])])
-    p = num_pairs
-    pair_values = values[:p] if values_per_edge else values
-    rest_values = values[p:] if values_per_edge else values
-    both_ways = torch.ops.so3krates.edge_attention(q, k, w[:p], scale[:p], pair_values, parity, segments,
-                                                   idx_i[:p], idx_j[:p], n, values_per_edge, mirrored)
-    one_way = torch.ops.so3krates.edge_attention(q, k, w[p:], scale[p:], rest_values, parity, segments,
-                                                 idx_i[p:], idx_j[p:], n, values_per_edge, False)
-    return (both_ways + one_way)[:num_receivers]
+                         idx_j: torch.Tensor, values_per_edge: bool, mirrored: bool, num_pairs: int) -> torch.Tensor:
+    """The fused operator's edge pass (ops/edge_attention.cpp), one call per block. The receivers are
+    q's rows: all atoms, or with num_pairs >= 0 (a LAMMPS rank, `pair_edges`) the first
+    num_receivers, whose first num_pairs edges carry messages both ways and the rest i <- j only."""
+    pairs = (idx_i.shape[0] if num_pairs < 0 else num_pairs) if mirrored else 0
+    return torch.ops.so3krates.edge_attention_pairs(q, k, w, scale, values, parity, segments, idx_i, idx_j,
+                                                    values_per_edge, pairs)
 
 
 class EuclideanAttention(nn.Module):
@@ -259,7 +247,7 @@ class EuclideanAttention(nn.Module):
             # Each degree's head writes its 2l + 1 columns of sh: offsets from expand (n_D, S).
             segments: List[int] = torch.cumsum(expand.sum(1), 0).to(torch.long).tolist()
             return fused_edge_attention(q, k, w, phi * self.inv_norm, sh, parity.to(sh.dtype), [0] + segments,
-                                        idx_i, idx_j, True, mirrored, num_receivers, num_pairs)
+                                        idx_i, idx_j, True, mirrored, num_pairs)
         w = w.view(-1, n, c)
         scale = (phi * self.inv_norm).unsqueeze(-1)
         out = torch.zeros((q.shape[0], sh.shape[1]), dtype=sh.dtype, device=sh.device)

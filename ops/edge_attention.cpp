@@ -1,7 +1,7 @@
 // so3krates::edge_attention, the fused edge pass of the two attention blocks (Eqs. 15, 21, 26).
 //
-// One call does, for every directed message a <- b over edge e (i <- j, and with `mirrored` also
-// j <- i):
+// One call does, for every directed message a <- b over edge e (i <- j, and for the first num_pairs
+// edges, the pairs, also j <- i):
 //     alpha_e,h = scale_e * sum_d q[a, h, d] * w[e, h, d] * k[b, h, d]            (Eq. 21)
 //     out[a, seg_h] += alpha_e,h * value(a <- b)[seg_h]                            (Eqs. 15, 26)
 // where value(a <- b) is the sender's row values[b] (InvariantAttention: W_v x_j, heads of equal
@@ -15,6 +15,12 @@
 // the inputs and, per message, the heads numbers s_h = alpha_h / scale (no edges x F tensor). Its
 // passes: per receiver (dq), per sender (dk, and dvalues for per-atom values), per edge (dw,
 // dscale, and dvalues for per-edge values).
+//
+// Receivers are the first R atoms (q and the output have R rows, k and per-atom values N >= R): a
+// LAMMPS rank computes the messages into its own atoms only, over the pairs of two own atoms (both
+// ways) followed by the edges from a ghost sender (one way), in one call. Two schemas:
+// edge_attention_pairs (this general form) and edge_attention (R = N, all edges pairs or none:
+// the files exported before the pairs schema call it).
 //
 // The backward is not itself differentiable: taking it with create_graph (second derivatives,
 // i.e. training on forces) is refused; training uses the plain path.
@@ -33,8 +39,9 @@ namespace so3krates_ops {
 using at::Tensor;
 
 
-// Directed messages grouped by one of their atoms: offsets (N + 1) and, per message, the edge and
-// its direction (0: i <- j, 1: j <- i). Counting sort, stable: within an atom, edge order.
+// Directed messages grouped by one of their atoms: offsets (groups + 1) and, per message, the edge
+// and its direction (0: i <- j, 1: j <- i, the pairs only). Counting sort, stable: within an atom,
+// edge order.
 struct MessagesByAtom {
   std::vector<int64_t> offsets;
   std::vector<int64_t> edge;
@@ -42,20 +49,21 @@ struct MessagesByAtom {
 };
 
 // by_receiver: group by the receiving atom (i for direction 0, j for 1); else by the sender.
+// Edges [0, num_pairs) carry both directions, the rest direction 0 only.
 static MessagesByAtom group_messages(const int64_t *idx_i, const int64_t *idx_j, int64_t num_edges,
-                                     int64_t num_atoms, bool mirrored, bool by_receiver) {
+                                     int64_t num_pairs, int64_t num_groups, bool by_receiver) {
   MessagesByAtom m;
-  const int directions = mirrored ? 2 : 1;
-  m.offsets.assign(num_atoms + 1, 0);
+  m.offsets.assign(num_groups + 1, 0);
   auto atom_of = [&](int64_t e, int dir) { return (dir == 0) == by_receiver ? idx_i[e] : idx_j[e]; };
-  for (int dir = 0; dir < directions; ++dir)
-    for (int64_t e = 0; e < num_edges; ++e) ++m.offsets[atom_of(e, dir) + 1];
-  for (int64_t a = 0; a < num_atoms; ++a) m.offsets[a + 1] += m.offsets[a];
-  std::vector<int64_t> fill(m.offsets.begin(), m.offsets.end() - 1);
-  m.edge.resize(m.offsets[num_atoms]);
-  m.direction.resize(m.offsets[num_atoms]);
+  auto directions = [&](int64_t e) { return e < num_pairs ? 2 : 1; };
   for (int64_t e = 0; e < num_edges; ++e)
-    for (int dir = 0; dir < directions; ++dir) {
+    for (int dir = 0; dir < directions(e); ++dir) ++m.offsets[atom_of(e, dir) + 1];
+  for (int64_t a = 0; a < num_groups; ++a) m.offsets[a + 1] += m.offsets[a];
+  std::vector<int64_t> fill(m.offsets.begin(), m.offsets.end() - 1);
+  m.edge.resize(m.offsets[num_groups]);
+  m.direction.resize(m.offsets[num_groups]);
+  for (int64_t e = 0; e < num_edges; ++e)
+    for (int dir = 0; dir < directions(e); ++dir) {
       const int64_t slot = fill[atom_of(e, dir)]++;
       m.edge[slot] = e;
       m.direction[slot] = static_cast<uint8_t>(dir);
@@ -69,11 +77,16 @@ struct Problem {
   const scalar_t *q, *k, *w, *scale, *values, *parity;
   const int64_t *idx_i, *idx_j;
   std::vector<int64_t> segments;   // heads + 1 column offsets into a value row
-  int64_t num_edges, num_atoms, features, heads, width, value_width;
-  bool values_per_edge, mirrored;
+  int64_t num_edges, num_pairs, num_atoms, num_receivers, features, heads, width, value_width;
+  bool values_per_edge;
 
   SO3KRATES_INLINE int64_t receiver(int64_t e, int dir) const { return dir == 0 ? idx_i[e] : idx_j[e]; }
   SO3KRATES_INLINE int64_t sender(int64_t e, int dir) const { return dir == 0 ? idx_j[e] : idx_i[e]; }
+  SO3KRATES_INLINE int directions(int64_t e) const { return e < num_pairs ? 2 : 1; }
+  // Row of message (e, dir) in the per-message tensors (products, value_grads): a pair's two
+  // messages side by side, then the one-way edges.
+  SO3KRATES_INLINE int64_t slot(int64_t e, int dir) const { return e < num_pairs ? 2 * e + dir : num_pairs + e; }
+  int64_t num_messages() const { return num_edges + num_pairs; }
 
   // s_h = sum_d q[a,h,d] w[e,h,d] k[b,h,d], each term in the plain path's order (q * w) * k; the
   // sum is vectorised (its order differs from the plain path's by round-off only).
@@ -144,8 +157,8 @@ _Pragma("omp simd")
 template <typename scalar_t>
 static Problem<scalar_t> make_problem(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale,
                                       const Tensor &values, const Tensor &parity, c10::IntArrayRef segments,
-                                      const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms,
-                                      bool values_per_edge, bool mirrored) {
+                                      const Tensor &idx_i, const Tensor &idx_j, bool values_per_edge,
+                                      int64_t num_pairs) {
   Problem<scalar_t> p;
   p.q = q.data_ptr<scalar_t>();
   p.k = k.data_ptr<scalar_t>();
@@ -157,30 +170,32 @@ static Problem<scalar_t> make_problem(const Tensor &q, const Tensor &k, const Te
   p.idx_j = idx_j.data_ptr<int64_t>();
   p.segments.assign(segments.begin(), segments.end());
   p.num_edges = idx_i.size(0);
-  p.num_atoms = num_atoms;
+  p.num_pairs = num_pairs;
+  p.num_atoms = k.size(0);
+  p.num_receivers = q.size(0);
   p.features = q.size(1);
   p.heads = static_cast<int64_t>(segments.size()) - 1;
   p.width = p.features / p.heads;
   p.value_width = values.size(1);
   p.values_per_edge = values_per_edge;
-  p.mirrored = mirrored;
   return p;
 }
 
 static void check_inputs(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale,
                          const Tensor &values, const Tensor &parity, c10::IntArrayRef segments,
-                         const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms, bool values_per_edge) {
+                         const Tensor &idx_i, const Tensor &idx_j, bool values_per_edge, int64_t num_pairs) {
   for (const Tensor *t : {&q, &k, &w, &scale, &values, &parity, &idx_i, &idx_j})
     TORCH_CHECK(t->device().is_cpu(), "so3krates::edge_attention runs on the CPU only (no CUDA kernel yet); "
                 "export with --fused 0 to run on ", t->device());
-  TORCH_CHECK(q.dim() == 2 && k.sizes() == q.sizes() && q.size(0) == num_atoms,
-              "so3krates::edge_attention: q and k must be (num_atoms, F)");
+  TORCH_CHECK(q.dim() == 2 && k.dim() == 2 && q.size(1) == k.size(1) && q.size(0) <= k.size(0),
+              "so3krates::edge_attention: q must be (receivers, F) and k (num_atoms, F), receivers <= num_atoms");
   TORCH_CHECK(segments.size() >= 2 && q.size(1) % (int64_t)(segments.size() - 1) == 0,
               "so3krates::edge_attention: F must split evenly into the heads given by segments");
-  const int64_t num_edges = idx_i.size(0);
+  const int64_t num_edges = idx_i.size(0), num_atoms = k.size(0), num_receivers = q.size(0);
   TORCH_CHECK(idx_j.size(0) == num_edges && w.dim() == 2 && w.size(0) == num_edges && w.size(1) == q.size(1) &&
               scale.dim() == 1 && scale.size(0) == num_edges,
               "so3krates::edge_attention: w (E, F), scale (E,), idx_i and idx_j (E,) must agree");
+  TORCH_CHECK(num_pairs >= 0 && num_pairs <= num_edges, "so3krates::edge_attention: num_pairs must be in [0, E]");
   TORCH_CHECK(values.dim() == 2 && values.size(0) == (values_per_edge ? num_edges : num_atoms) &&
               values.size(1) == segments.back() && parity.numel() == values.size(1),
               "so3krates::edge_attention: values must be (", values_per_edge ? "E" : "num_atoms",
@@ -190,12 +205,14 @@ static void check_inputs(const Tensor &q, const Tensor &k, const Tensor &w, cons
                 "must have one dtype");
   TORCH_CHECK(idx_i.scalar_type() == at::kLong && idx_j.scalar_type() == at::kLong,
               "so3krates::edge_attention: idx_i and idx_j must be int64");
-  if (num_edges > 0) {
-    const auto lo = std::min(idx_i.min().item<int64_t>(), idx_j.min().item<int64_t>());
-    const auto hi = std::max(idx_i.max().item<int64_t>(), idx_j.max().item<int64_t>());
-    TORCH_CHECK(lo >= 0 && hi < num_atoms, "so3krates::edge_attention: atom index out of range [0, ",
-                num_atoms, ")");
-  }
+  // Receivers: every idx_i and the pairs' idx_j, below R; senders below N.
+  auto in_range = [](const Tensor &idx, int64_t limit) {
+    return idx.numel() == 0 || (idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < limit);
+  };
+  TORCH_CHECK(in_range(idx_i, num_receivers) && in_range(idx_j.slice(0, 0, num_pairs), num_receivers) &&
+              in_range(idx_j, num_atoms),
+              "so3krates::edge_attention: atom index out of range (receivers [0, ", num_receivers,
+              "), senders [0, ", num_atoms, "))");
 }
 
 // What the passes over the messages read and write (null where a pass is not wanted).
@@ -204,9 +221,8 @@ struct Passes {
   const Problem<scalar_t> *p;
   const MessagesByAtom *messages;   // by receiver (forward, receiver pass) or by sender
   const scalar_t *grad_out;
-  scalar_t *out, *products, *value_grads;   // products s_h and g_h: (E * directions, heads)
+  scalar_t *out, *products, *value_grads;   // products s_h and g_h: (messages, heads), rows Problem::slot
   scalar_t *dq, *dk, *dw, *dscale, *dvalues;
-  int directions;
 };
 
 // Forward, receivers [begin, end): out[a] += sum over its messages of s_h scale value; s_h kept in
@@ -221,7 +237,7 @@ SO3KRATES_INLINE void forward_range(const Passes<scalar_t> &j, int64_t begin, in
       const int64_t e = j.messages->edge[m];
       const int dir = j.messages->direction[m];
       const int64_t b = p.sender(e, dir);
-      scalar_t *s = j.products ? j.products + (e * j.directions + dir) * p.heads : buffer.data();
+      scalar_t *s = j.products ? j.products + p.slot(e, dir) * p.heads : buffer.data();
       p.products(e, a, b, s);
       const scalar_t *row = p.value_row(e, b);
       for (int64_t h = 0; h < p.heads; ++h) p.add_value(oa, s[h] * p.scale[e], row, p.signed_values(dir), h);
@@ -239,7 +255,7 @@ SO3KRATES_INLINE void receiver_range(const Passes<scalar_t> &j, int64_t begin, i
       const int64_t e = j.messages->edge[m];
       const int dir = j.messages->direction[m];
       const int64_t b = p.sender(e, dir);
-      scalar_t *g = j.value_grads + (e * j.directions + dir) * H;
+      scalar_t *g = j.value_grads + p.slot(e, dir) * H;
       p.value_products(e, dir, a, b, j.grad_out, g);
       if (j.dq) p.add_gated_products(j.dq + a * F, g, p.scale[e], p.w + e * F, p.k + b * F, false);
     }
@@ -255,7 +271,7 @@ SO3KRATES_INLINE void sender_range(const Passes<scalar_t> &j, int64_t begin, int
       const int64_t e = j.messages->edge[m];
       const int dir = j.messages->direction[m];
       const int64_t a = p.receiver(e, dir);
-      const int64_t slot = (e * j.directions + dir) * H;
+      const int64_t slot = p.slot(e, dir) * H;
       if (j.dk) p.add_gated_products(j.dk + b * F, j.value_grads + slot, p.scale[e], p.w + e * F, p.q + a * F, false);
       if (j.dvalues)
         for (int64_t h = 0; h < H; ++h)
@@ -270,9 +286,9 @@ SO3KRATES_INLINE void edge_range(const Passes<scalar_t> &j, int64_t begin, int64
   const Problem<scalar_t> &p = *j.p;
   const int64_t F = p.features, H = p.heads;
   for (int64_t e = begin; e < end; ++e)
-    for (int dir = 0; dir < j.directions; ++dir) {
+    for (int dir = 0; dir < p.directions(e); ++dir) {
       const int64_t a = p.receiver(e, dir), b = p.sender(e, dir);
-      const int64_t slot = (e * j.directions + dir) * H;
+      const int64_t slot = p.slot(e, dir) * H;
       // The heads cover dw's row: the first direction writes it (dw is not zero-filled).
       if (j.dw) p.add_gated_products(j.dw + e * F, j.value_grads + slot, p.scale[e], p.q + a * F, p.k + b * F, dir == 0);
       for (int64_t h = 0; h < H; ++h) {
@@ -290,42 +306,32 @@ SO3KRATES_VARIANTS(sender_range)
 SO3KRATES_VARIANTS(edge_range)
 
 // The forward pass. With `products` given (the autograd path), also keeps each message's
-// s_h = sum_d q w k (before the scale) in it, (E * directions, heads), message (e, dir) in row
-// e * directions + dir: the backward reads them instead of recomputing them (heads numbers per
+// s_h = sum_d q w k (before the scale) in it, (messages, heads), message (e, dir) in row
+// Problem::slot(e, dir): the backward reads them instead of recomputing them (heads numbers per
 // message, against the F-wide rows they are made of).
 static Tensor forward_pass(const Tensor &q_in, const Tensor &k_in, const Tensor &w_in, const Tensor &scale_in,
                            const Tensor &values_in, const Tensor &parity_in, c10::IntArrayRef segments,
-                           const Tensor &idx_i_in, const Tensor &idx_j_in, int64_t num_atoms,
-                           bool values_per_edge, bool mirrored, Tensor *products) {
-  check_inputs(q_in, k_in, w_in, scale_in, values_in, parity_in, segments, idx_i_in, idx_j_in, num_atoms,
-               values_per_edge);
+                           const Tensor &idx_i_in, const Tensor &idx_j_in, bool values_per_edge, int64_t num_pairs,
+                           Tensor *products) {
+  check_inputs(q_in, k_in, w_in, scale_in, values_in, parity_in, segments, idx_i_in, idx_j_in, values_per_edge,
+               num_pairs);
   const Tensor q = q_in.contiguous(), k = k_in.contiguous(), w = w_in.contiguous(), scale = scale_in.contiguous(),
                values = values_in.contiguous(), parity = parity_in.contiguous(), idx_i = idx_i_in.contiguous(),
                idx_j = idx_j_in.contiguous();
-  Tensor out = at::zeros({num_atoms, values.size(1)}, q.options());
-  const int directions = mirrored ? 2 : 1;
-  if (products) *products = at::empty({idx_i.size(0) * directions, (int64_t)segments.size() - 1}, q.options());
+  Tensor out = at::zeros({q.size(0), values.size(1)}, q.options());
+  if (products) *products = at::empty({idx_i.size(0) + num_pairs, (int64_t)segments.size() - 1}, q.options());
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "so3krates::edge_attention", [&] {
-    const auto p = make_problem<scalar_t>(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms,
-                                          values_per_edge, mirrored);
-    const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, true);
+    const auto p = make_problem<scalar_t>(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge,
+                                          num_pairs);
+    const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_pairs, p.num_receivers, true);
     Passes<scalar_t> j{};
     j.p = &p;
     j.messages = &by_receiver;
     j.out = out.data_ptr<scalar_t>();
     j.products = products ? products->data_ptr<scalar_t>() : nullptr;
-    j.directions = directions;
-    SO3KRATES_RUN(forward_range, Passes<scalar_t>, j, num_atoms);
+    SO3KRATES_RUN(forward_range, Passes<scalar_t>, j, p.num_receivers);
   });
   return out;
-}
-
-Tensor edge_attention_forward(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale,
-                              const Tensor &values, const Tensor &parity, c10::IntArrayRef segments,
-                              const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms,
-                              bool values_per_edge, bool mirrored) {
-  return forward_pass(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms, values_per_edge, mirrored,
-                      nullptr);
 }
 
 // Gradients of sum(grad_out * out) with respect to q, k, w, scale, values (undefined where not
@@ -333,12 +339,11 @@ Tensor edge_attention_forward(const Tensor &q, const Tensor &k, const Tensor &w,
 // (g_h = grad_out[a] . value over the head's columns, kept per message like s_h; dq), per sender
 // (dk; dvalues of per-atom values), per edge (dw, dscale; dvalues of per-edge values). Each
 // message's g_h and s_h are formed once, not in every pass.
-std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Tensor &q, const Tensor &k,
-                                            const Tensor &w, const Tensor &scale, const Tensor &values,
-                                            const Tensor &parity, const Tensor &products,
-                                            c10::IntArrayRef segments, const Tensor &idx_i,
-                                            const Tensor &idx_j, int64_t num_atoms, bool values_per_edge,
-                                            bool mirrored, std::array<bool, 5> needed) {
+static std::vector<Tensor> backward_pass(const Tensor &grad_out_in, const Tensor &q, const Tensor &k,
+                                         const Tensor &w, const Tensor &scale, const Tensor &values,
+                                         const Tensor &parity, const Tensor &products, c10::IntArrayRef segments,
+                                         const Tensor &idx_i, const Tensor &idx_j, bool values_per_edge,
+                                         int64_t num_pairs, std::array<bool, 5> needed) {
   const Tensor grad_out = grad_out_in.contiguous();
   Tensor dq, dk, dw, dscale, dvalues;
   if (needed[0]) dq = at::zeros_like(q);
@@ -350,27 +355,26 @@ std::vector<Tensor> edge_attention_backward(const Tensor &grad_out_in, const Ten
   const bool need_g = needed[0] || needed[1] || needed[2] || needed[3];
   const Tensor value_grads = need_g ? at::empty_like(products) : Tensor();
   AT_DISPATCH_FLOATING_TYPES(q.scalar_type(), "so3krates::edge_attention_backward", [&] {
-    const auto p = make_problem<scalar_t>(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms,
-                                          values_per_edge, mirrored);
+    const auto p = make_problem<scalar_t>(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge,
+                                          num_pairs);
     Passes<scalar_t> j{};
     j.p = &p;
     j.grad_out = grad_out.data_ptr<scalar_t>();
     j.products = products.data_ptr<scalar_t>();
     j.value_grads = need_g ? value_grads.data_ptr<scalar_t>() : nullptr;
-    j.directions = mirrored ? 2 : 1;
     if (need_g) {
-      const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, true);
+      const auto by_receiver = group_messages(p.idx_i, p.idx_j, p.num_edges, num_pairs, p.num_receivers, true);
       j.messages = &by_receiver;
       j.dq = needed[0] ? dq.data_ptr<scalar_t>() : nullptr;
-      SO3KRATES_RUN(receiver_range, Passes<scalar_t>, j, num_atoms);
+      SO3KRATES_RUN(receiver_range, Passes<scalar_t>, j, p.num_receivers);
       j.dq = nullptr;
     }
     if (needed[1] || atom_values) {
-      const auto by_sender = group_messages(p.idx_i, p.idx_j, p.num_edges, num_atoms, mirrored, false);
+      const auto by_sender = group_messages(p.idx_i, p.idx_j, p.num_edges, num_pairs, p.num_atoms, false);
       j.messages = &by_sender;
       j.dk = needed[1] ? dk.data_ptr<scalar_t>() : nullptr;
       j.dvalues = atom_values ? dvalues.data_ptr<scalar_t>() : nullptr;
-      SO3KRATES_RUN(sender_range, Passes<scalar_t>, j, num_atoms);
+      SO3KRATES_RUN(sender_range, Passes<scalar_t>, j, p.num_atoms);
       j.dk = j.dvalues = nullptr;
     }
     if (needed[2] || needed[3] || edge_values) {
@@ -387,20 +391,19 @@ class EdgeAttention : public torch::autograd::Function<EdgeAttention> {
  public:
   static Tensor forward(torch::autograd::AutogradContext *ctx, const Tensor &q, const Tensor &k, const Tensor &w,
                         const Tensor &scale, const Tensor &values, const Tensor &parity,
-                        c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms,
-                        bool values_per_edge, bool mirrored) {
+                        c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j, bool values_per_edge,
+                        int64_t num_pairs) {
     // Only the inputs and the per-message products are kept (no edges x F intermediate).
     at::AutoDispatchBelowADInplaceOrView guard;
     Tensor products;
-    Tensor out = forward_pass(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms, values_per_edge,
-                              mirrored, &products);
+    Tensor out = forward_pass(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge, num_pairs,
+                              &products);
     ctx->save_for_backward({q.contiguous(), k.contiguous(), w.contiguous(), scale.contiguous(),
                             values.contiguous(), parity.contiguous(), idx_i.contiguous(), idx_j.contiguous(),
                             products});
     ctx->saved_data["segments"] = segments.vec();
-    ctx->saved_data["num_atoms"] = num_atoms;
     ctx->saved_data["values_per_edge"] = values_per_edge;
-    ctx->saved_data["mirrored"] = mirrored;
+    ctx->saved_data["num_pairs"] = num_pairs;
     return out;
   }
 
@@ -413,33 +416,66 @@ class EdgeAttention : public torch::autograd::Function<EdgeAttention> {
     const auto segments = ctx->saved_data["segments"].toIntVector();
     std::array<bool, 5> needed{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2),
                                ctx->needs_input_grad(3), ctx->needs_input_grad(4)};
-    auto grads = edge_attention_backward(grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4],
-                                         saved[5], saved[8], segments, saved[6], saved[7],
-                                         ctx->saved_data["num_atoms"].toInt(),
-                                         ctx->saved_data["values_per_edge"].toBool(),
-                                         ctx->saved_data["mirrored"].toBool(), needed);
+    auto grads = backward_pass(grad_outputs[0], saved[0], saved[1], saved[2], saved[3], saved[4], saved[5], saved[8],
+                               segments, saved[6], saved[7], ctx->saved_data["values_per_edge"].toBool(),
+                               ctx->saved_data["num_pairs"].toInt(), needed);
     // One gradient per forward input: q, k, w, scale, values, then none for parity, segments,
-    // idx_i, idx_j, num_atoms, values_per_edge, mirrored.
-    grads.resize(12);
+    // idx_i, idx_j, values_per_edge, num_pairs.
+    grads.resize(11);
     return grads;
   }
 };
 
-Tensor edge_attention_autograd(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale,
-                               const Tensor &values, const Tensor &parity, c10::IntArrayRef segments,
-                               const Tensor &idx_i, const Tensor &idx_j, int64_t num_atoms, bool values_per_edge,
-                               bool mirrored) {
-  return EdgeAttention::apply(q, k, w, scale, values, parity, segments, idx_i, idx_j, num_atoms, values_per_edge,
-                              mirrored);
+// edge_attention_pairs: receivers = q's rows, the first num_pairs edges both ways.
+Tensor pairs_forward(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale, const Tensor &values,
+                     const Tensor &parity, c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j,
+                     bool values_per_edge, int64_t num_pairs) {
+  return forward_pass(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge, num_pairs, nullptr);
+}
+
+Tensor pairs_autograd(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale, const Tensor &values,
+                      const Tensor &parity, c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j,
+                      bool values_per_edge, int64_t num_pairs) {
+  return EdgeAttention::apply(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge, num_pairs);
+}
+
+// edge_attention (files exported before the pairs schema): all N atoms receive; every edge a pair
+// (mirrored) or none.
+static int64_t legacy_pairs(const Tensor &q, const Tensor &k, const Tensor &idx_i, int64_t num_atoms, bool mirrored) {
+  TORCH_CHECK(q.dim() == 2 && q.size(0) == num_atoms && k.dim() == 2 && k.size(0) == num_atoms,
+              "so3krates::edge_attention: q and k must be (num_atoms, F)");
+  return mirrored ? idx_i.size(0) : 0;
+}
+
+Tensor legacy_forward(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale, const Tensor &values,
+                      const Tensor &parity, c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j,
+                      int64_t num_atoms, bool values_per_edge, bool mirrored) {
+  return pairs_forward(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge,
+                       legacy_pairs(q, k, idx_i, num_atoms, mirrored));
+}
+
+Tensor legacy_autograd(const Tensor &q, const Tensor &k, const Tensor &w, const Tensor &scale, const Tensor &values,
+                       const Tensor &parity, c10::IntArrayRef segments, const Tensor &idx_i, const Tensor &idx_j,
+                       int64_t num_atoms, bool values_per_edge, bool mirrored) {
+  return pairs_autograd(q, k, w, scale, values, parity, segments, idx_i, idx_j, values_per_edge,
+                        legacy_pairs(q, k, idx_i, num_atoms, mirrored));
 }
 
 }  // namespace so3krates_ops
 
 TORCH_LIBRARY(so3krates, m) {
+  m.def("edge_attention_pairs(Tensor q, Tensor k, Tensor w, Tensor scale, Tensor values, Tensor parity, "
+        "int[] segments, Tensor idx_i, Tensor idx_j, bool values_per_edge, int num_pairs) -> Tensor");
   m.def("edge_attention(Tensor q, Tensor k, Tensor w, Tensor scale, Tensor values, Tensor parity, int[] segments, "
         "Tensor idx_i, Tensor idx_j, int num_atoms, bool values_per_edge, bool mirrored) -> Tensor");
 }
 
-TORCH_LIBRARY_IMPL(so3krates, CPU, m) { m.impl("edge_attention", &so3krates_ops::edge_attention_forward); }
+TORCH_LIBRARY_IMPL(so3krates, CPU, m) {
+  m.impl("edge_attention_pairs", &so3krates_ops::pairs_forward);
+  m.impl("edge_attention", &so3krates_ops::legacy_forward);
+}
 
-TORCH_LIBRARY_IMPL(so3krates, Autograd, m) { m.impl("edge_attention", &so3krates_ops::edge_attention_autograd); }
+TORCH_LIBRARY_IMPL(so3krates, Autograd, m) {
+  m.impl("edge_attention_pairs", &so3krates_ops::pairs_autograd);
+  m.impl("edge_attention", &so3krates_ops::legacy_autograd);
+}

@@ -1,4 +1,4 @@
-"""Loading the fused edge operator, `torch.ops.so3krates.edge_attention` (ops/edge_attention.cpp).
+"""Loading the fused edge operator, `torch.ops.so3krates.edge_attention_pairs` (ops/edge_attention.cpp).
 
 The operator lives in libso3krates_ops.so, which the CMake build installs next to this package.
 `import so3krates` loads it (TORCH_LIBRARY registers it with libtorch for the whole process), so an
@@ -15,7 +15,7 @@ from typing import Optional
 
 LIBRARY_FILE = "libso3krates_ops.so"
 LIBRARY_ENV = "SO3KRATES_OPS_LIBRARY"    # overrides the search, e.g. for a library built by hand
-OPERATOR = "so3krates::edge_attention"
+OPERATOR = "so3krates::edge_attention_pairs"
 _load_error: Optional[str] = None
 
 
@@ -34,7 +34,7 @@ def library_path() -> Optional[Path]:
 def is_loaded() -> bool:
     import torch
     try:
-        torch.ops.so3krates.edge_attention   # noqa: B018 (the look-up raises when not registered)
+        torch.ops.so3krates.edge_attention_pairs   # noqa: B018 (the look-up raises when not registered)
         return True
     except (AttributeError, RuntimeError):
         return False

@@ -169,6 +169,67 @@ def test_operator_gradcheck(values_per_edge, mirrored):
     assert torch.autograd.gradcheck(op, (q, k, w, scale, values))
 
 
+def halo_problem(values_per_edge, seed=3):
+    """A LAMMPS rank's edge pass: receivers [0, R) of N atoms, the first P edges pairs of two
+    receivers (both ways), then one-way edges from any sender into a receiver."""
+    g = torch.Generator().manual_seed(seed)
+    receivers, atoms, pairs, one_way, features = 4, 7, 6, 5, 8
+    edges = pairs + one_way
+    idx_i = torch.cat([torch.randint(0, receivers, (pairs,), generator=g),
+                       torch.randint(0, receivers, (one_way,), generator=g)])
+    idx_j = torch.cat([torch.randint(0, receivers, (pairs,), generator=g),
+                       torch.randint(0, atoms, (one_way,), generator=g)])
+    segments = [0, 3, 8] if values_per_edge else [0, 4, 8]
+    tensors = (torch.randn(receivers, features, generator=g, dtype=torch.float64, requires_grad=True),
+               torch.randn(atoms, features, generator=g, dtype=torch.float64, requires_grad=True),
+               torch.randn(edges, features, generator=g, dtype=torch.float64, requires_grad=True),
+               torch.rand(edges, generator=g, dtype=torch.float64, requires_grad=True),
+               torch.randn(edges if values_per_edge else atoms, 8, generator=g, dtype=torch.float64,
+                           requires_grad=True))
+    parity = torch.tensor([-1.0] * 3 + [1.0] * 5, dtype=torch.float64)
+    return tensors, parity, segments, idx_i, idx_j, pairs
+
+
+@pytest.mark.parametrize("values_per_edge", [False, True], ids=["atom-values", "edge-values"])
+def test_pairs_operator_gradcheck_and_two_call_equivalent(values_per_edge):
+    """edge_attention_pairs (one call per block on a LAMMPS rank: q of the receivers only, pairs both
+    ways, then one-way halo edges): its backward against finite differences, and its numbers and
+    gradients equal to the two calls of the older edge_attention schema (pairs mirrored + one-way
+    edges, q padded to N rows) that the files exported before it make."""
+    (q, k, w, scale, values), parity, segments, idx_i, idx_j, pairs = halo_problem(values_per_edge)
+    op = lambda *t: torch.ops.so3krates.edge_attention_pairs(*t, parity, segments, idx_i, idx_j,
+                                                             values_per_edge, pairs)
+    assert torch.autograd.gradcheck(op, (q, k, w, scale, values))
+
+    def two_calls(q, k, w, scale, values):
+        n, p = k.shape[0], pairs
+        padded = torch.cat([q, q.new_zeros([n - q.shape[0], q.shape[1]])])
+        split = (values[:p], values[p:]) if values_per_edge else (values, values)
+        both = torch.ops.so3krates.edge_attention(padded, k, w[:p], scale[:p], split[0], parity, segments,
+                                                  idx_i[:p], idx_j[:p], n, values_per_edge, True)
+        one = torch.ops.so3krates.edge_attention(padded, k, w[p:], scale[p:], split[1], parity, segments,
+                                                 idx_i[p:], idx_j[p:], n, values_per_edge, False)
+        return (both + one)[:q.shape[0]]
+
+    weights = torch.randn(q.shape[0], 8, dtype=torch.float64)
+    inputs = (q, k, w, scale, values)
+    out_one, out_two = op(*inputs), two_calls(*inputs)
+    assert torch.allclose(out_one, out_two, rtol=1e-13, atol=1e-13)
+    for a, b in zip(torch.autograd.grad((out_one * weights).sum(), inputs),
+                    torch.autograd.grad((out_two * weights).sum(), inputs)):
+        assert torch.allclose(a, b, rtol=1e-13, atol=1e-13)
+
+
+def test_pairs_operator_refuses_a_pair_whose_receiver_is_not_a_receiver():
+    """A pair's second atom receives a message too: it must be one of q's rows."""
+    (q, k, w, scale, values), parity, segments, idx_i, idx_j, pairs = halo_problem(False)
+    idx_j = idx_j.clone()
+    idx_j[0] = k.shape[0] - 1
+    with pytest.raises(RuntimeError, match="out of range"):
+        torch.ops.so3krates.edge_attention_pairs(q, k, w, scale, values, parity, segments, idx_i, idx_j, False,
+                                                 pairs)
+
+
 @pytest.mark.parametrize("values_per_edge", [False, True], ids=["atom-values", "edge-values"])
 def test_operator_partial_gradients(values_per_edge):
     """Each input's gradient alone (the backward skips the passes nobody needs) equals its gradient
@@ -268,7 +329,7 @@ def test_export_flag_and_metadata(tmp_path):
     export_model(network, fused_path)                       # fused by default
     export_model(network, plain_path, fused=False)
     assert read_metadata(fused_path)["fused"] is True
-    assert read_metadata(fused_path)["operators"] == ["so3krates::edge_attention", "so3krates::hermite_lookup"]
+    assert read_metadata(fused_path)["operators"] == ["so3krates::edge_attention_pairs", "so3krates::hermite_lookup"]
     assert read_metadata(plain_path)["fused"] is False and read_metadata(plain_path)["operators"] == []
     fused, _ = load_model(fused_path)
     plain, _ = load_model(plain_path)
@@ -289,7 +350,7 @@ def test_cli_export_fused_0_and_info(tmp_path, capsys):
         assert cli(["export", str(checkpoint), "-o", str(out), "--fused", flag]) == 0
         assert read_metadata(out)["fused"] is expected
     assert cli(["info", str(tmp_path / "fused1.pt")]) == 0
-    assert "fused (so3krates::edge_attention, so3krates::hermite_lookup, loaded)" in capsys.readouterr().out
+    assert "fused (so3krates::edge_attention_pairs, so3krates::hermite_lookup, loaded)" in capsys.readouterr().out
     assert cli(["info", str(tmp_path / "fused0.pt")]) == 0
     assert "plain PyTorch" in capsys.readouterr().out
 
