@@ -4,17 +4,17 @@ Trains on ../shared/data/rmd17_ethanol/train.xyz (950 train / 50 validation), sa
 after the given minutes, evaluates each on ethanol_reduced_100_kcal.xyz (a disjoint set, kcal/mol)
 and writes benchmarks/results/accuracy_rmd17_ethanol.json.
 
-    python benchmarks/accuracy_rmd17_ethanol.py --minutes 10 30 60
+    python benchmarks/accuracy_rmd17_ethanol.py --minutes 10 30 60 [--qkv-projections full]
 
 A longer run continues the same one (same weights, optimizer, scheduler and RNG state) and
-evaluates every snapshot, old and new:
+evaluates every snapshot, old and new (the result file keeps the latest run of each preset, q/k/v
+form and longest budget):
 
     python benchmarks/accuracy_rmd17_ethanol.py --minutes 10 30 60 90 120 150 --out RUN --resume
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -24,6 +24,8 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import record_run  # noqa: E402
 from so3krates.model.evaluate import evaluate
 from so3krates.model.train import TrainOptions, train
 
@@ -37,6 +39,8 @@ def main() -> int:
     p.add_argument("--preset", default="default")
     p.add_argument("--out", help="run folder (default: a temporary folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--qkv-projections", choices=["per_head", "full"], default=None,
+                   help="the q/k/v projections' form (default: the preset's, per_head)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: 2, the machine's cores)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out up to the largest --minutes")
     p.add_argument("--json", default=str(ROOT / "benchmarks" / "results" / "accuracy_rmd17_ethanol.json"))
@@ -51,7 +55,8 @@ def main() -> int:
     times = sorted(60.0 * m for m in args.minutes)
     options = TrainOptions(train=str(train_file), out=str(out), valid_fraction=50 / 1000, preset=args.preset,
                            max_time=times[-1], seed=args.seed, threads=args.threads, progress=False, snapshot_times=times,
-                           resume=args.resume)
+                           resume=args.resume,
+                           model={"qkv_projections": args.qkv_projections} if args.qkv_projections else {})
     started = time.perf_counter()
     train(options)
     wall = time.perf_counter() - started
@@ -69,7 +74,7 @@ def main() -> int:
         "command": "python benchmarks/accuracy_rmd17_ethanol.py " + " ".join(sys.argv[1:]),
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "load_average_end": list(os.getloadavg()),
         "benchmark": "rMD17 ethanol: 950 train / 50 validation from train.xyz, test on ethanol_reduced_100_kcal.xyz",
-        "preset": args.preset, "recipe": {k: v for k, v in options.to_dict().items()
+        "preset": args.preset, "qkv_projections": args.qkv_projections or "preset default (per_head)", "recipe": {k: v for k, v in options.to_dict().items()
                                            if k in ("batch_size", "lr", "optimizer", "energy_weight", "forces_weight",
                                                     "warmup_steps", "ema_decay", "dtype")},
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
@@ -85,8 +90,8 @@ def main() -> int:
               f"{r['forces_mae_meV_per_A']:12.2f} {r['forces_rmse_meV_per_A']:13.2f}")
     print(f"{len(history)} epochs, training throughput {result['train_structures_per_s_median']:.1f} structures/s "
           f"(median over epochs)")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    record_run(args.json, result, key={"preset": args.preset, "qkv_projections": args.qkv_projections or "per_head",
+                                       "minutes": max(args.minutes)})
     print(f"wrote {args.json}")
     return 0
 

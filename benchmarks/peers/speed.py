@@ -190,6 +190,12 @@ def main():
     print(f"wrote {args.out}")
 
 
+def allocator() -> str:
+    """The workers inherit LD_PRELOAD: tcmalloc when it names it, else glibc (ours tunes it when
+    the model loads, so3krates/allocator.py; the peers' runs untuned)."""
+    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+
+
 def write_result(args, workers, rows, started, complete):
     """Written after every block too, so a worker that dies (e.g. the kernel's OOM killer, which
     the per-worker memory cap cannot prevent when the workers together exceed the machine) does
@@ -208,8 +214,11 @@ def write_result(args, workers, rows, started, complete):
         "models": describe_models(),
         "rows": rows,
     }
-    # One file for the benchmark; this variant (sizes, dtypes, models) replaces its earlier run.
+    # One file for the benchmark; this variant (sizes, dtypes, models, allocator) replaces its earlier run.
     key = {"sizes": args.sizes, "dtypes": args.dtypes, "models": None if args.models == ORDER else args.models}
+    if allocator() != "glibc":
+        key["allocator"] = allocator()
+    result["allocator"] = allocator()
     record_run(args.out, result, key)
 
 
