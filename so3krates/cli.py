@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
@@ -83,7 +84,16 @@ def entry() -> None:
     """The `so3krates` console script: preload tcmalloc when the system has it (see allocator.py)."""
     from so3krates.allocator import reexec_with_tcmalloc
     reexec_with_tcmalloc(["-m", "so3krates.cli", *sys.argv[1:]])
-    sys.exit(main())
+    code = main()
+    if code == 130:
+        # Interrupted: what was saved is saved and said (main's handlers ran, files are closed).
+        # Skip the interpreter's finalisation: a Ctrl-C that landed inside torch can leave a native
+        # thread that calls into Python while it shuts down ("Fatal Python error: PyThreadState_Get
+        # ... finalizing", exit -6 instead of 130; seen once in the CI's train interrupt test).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":
