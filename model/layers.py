@@ -135,9 +135,13 @@ class HeadProjection(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.per_head:
-            n = x.shape[0]
-            y = torch.bmm(x.view(n, self.blocks, self.width).transpose(0, 1), self.weight)   # (blocks, N, w)
-            return y.transpose(0, 1).reshape(n, self.blocks * self.width)
+            # y = x W with W the block-diagonal (F x F) matrix of the blocks: one GEMM, faster on the
+            # CPU than a batched product of the slices and its transposes (benchmarks/qkv_projections.py);
+            # the zero blocks add exact zeros, so the numbers are the slices' up to summation order.
+            f = self.blocks * self.width
+            eye = torch.eye(self.blocks, dtype=self.weight.dtype, device=self.weight.device)
+            dense = (eye[:, None, :, None] * self.weight[:, :, None, :]).reshape(f, f)
+            return torch.mm(x, dense)
         return fn.linear(x, self.weight)
 
 
