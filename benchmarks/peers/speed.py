@@ -193,7 +193,8 @@ def main():
 def allocator() -> str:
     """The workers inherit LD_PRELOAD: tcmalloc when it names it, else glibc (ours tunes it when
     the model loads, so3krates/allocator.py; the peers' runs untuned)."""
-    return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc"
+    from so3krates.allocator import is_preloaded
+    return "tcmalloc" if is_preloaded() else "glibc"
 
 
 def write_result(args, workers, rows, started, complete):
@@ -216,9 +217,9 @@ def write_result(args, workers, rows, started, complete):
     }
     # One file for the benchmark; this variant (sizes, dtypes, models, allocator) replaces its earlier run.
     key = {"sizes": args.sizes, "dtypes": args.dtypes, "models": None if args.models == ORDER else args.models}
-    if allocator() != "glibc":
-        key["allocator"] = allocator()
     result["allocator"] = allocator()
+    if result["allocator"] != "glibc":
+        key["allocator"] = result["allocator"]
     record_run(args.out, result, key)
 
 
