@@ -11,6 +11,10 @@ process (an allocator setting cannot be undone inside one), so machine load fall
   glibc-tuned, 1 thread    what `so3krates train` now sets for itself (so3krates.allocator.
                            keep_freed_memory: mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=max)
   glibc-tuned, 2 threads   the same on 2 torch threads
+  before 12-03, 1 thread   glibc-tuned with the step as it was before 2026-12-03, rebuilt here by
+                           patching the worker: the float32 radial basis with its subnormal numbers
+                           (not clamped), the harmonics evaluated term by term, the per-tensor
+                           Adam loop (the per-tensor EMA loop is not restored)
 Figures: wall-clock and process CPU time per structure (on one thread CPU time is less sensitive
 to a busy machine; on 2 threads it is the sum over both, so compare 2 threads by wall-clock).
 Written to benchmarks/results/training_throughput.json. `--profile` prints the torch.profiler
@@ -35,17 +39,43 @@ from results_file import record_run  # noqa: E402
 
 DATA = Path(os.environ.get("SO3KRATES_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 DATASETS = {"ethanol": DATA / "rmd17_ethanol" / "train.xyz", "3bpa": DATA / "3bpa" / "train_300K.xyz"}
-VARIANTS = {"glibc, 1 thread": ("0", 1), "glibc-tuned, 1 thread": ("", 1), "glibc-tuned, 2 threads": ("", 2)}
+VARIANTS = {"glibc, 1 thread": ("0", 1), "glibc-tuned, 1 thread": ("", 1), "glibc-tuned, 2 threads": ("", 2),
+            "before 12-03, 1 thread": ("", 1)}
+BEFORE = "before 12-03, 1 thread"
 
 
-def worker(name: str, threads: int, steps: int, profile: bool) -> None:
+def restore_the_step_before_12_03() -> None:
+    """The three changes of 2026-12-03, undone in this process (see the docstring)."""
+    import torch
+
+    from so3krates.model import radial, spherical_harmonics as sh
+
+    def basis_unclamped(self, r):
+        log_x = -self.gamma * r.unsqueeze(-1)
+        return torch.exp(self.log_binom + self.k * log_x + self.n_minus_k * torch.log(-torch.expm1(log_x)))
+
+    def harmonics_term_by_term(self, u):
+        x, y, z = u[:, 0], u[:, 1], u[:, 2]
+        return torch.stack([p for l in self.degrees for p in sh._degree(l, x, y, z)], dim=-1)
+
+    radial.BernsteinBasis.forward = basis_unclamped
+    sh.SphericalHarmonics.forward = harmonics_term_by_term
+
+
+def worker(name: str, threads: int, steps: int, profile: bool, before: bool) -> None:
     """One variant in this process: prints {"wall": s, "cpu": s, "structures": n, "atoms": n}."""
     import torch
+
+    if before:
+        restore_the_step_before_12_03()
 
     from so3krates.model.train import TrainOptions, Trainer
     with tempfile.TemporaryDirectory(prefix="so3krates_throughput_") as tmp:
         trainer = Trainer(TrainOptions(train=str(DATASETS[name]), out=tmp + "/run", preset="default", epochs=1,
                                        threads=threads, progress=False, seed=0))
+        if before:
+            trainer.optimizer = torch.optim.Adam(trainer.potential.parameters(), lr=trainer.options.lr, amsgrad=True,
+                                                 foreach=False)
         order = torch.randperm(len(trainer.train_graphs), generator=torch.Generator().manual_seed(0))
         batches = [order[16 * k:16 * (k + 1)] for k in range(steps)]
         for b in batches[:3]:   # warm-up: the first calls allocate
@@ -74,10 +104,10 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
                    help=f"a subset of: {'; '.join(VARIANTS)} (default: all)")
     p.add_argument("--json", default=str(HERE / "results" / "training_throughput.json"))
-    p.add_argument("--worker", nargs=2, metavar=("DATA", "THREADS"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("DATA", "THREADS", "BEFORE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.steps, args.profile)
+        worker(args.worker[0], int(args.worker[1]), args.steps, args.profile, args.worker[2] == "1")
         return 0
     missing = [name for name in args.data if not DATASETS[name].is_file()]
     if missing:
@@ -86,18 +116,18 @@ def main() -> int:
     if args.profile:
         for name in args.data:
             print(f"--- {name}", flush=True)
-            subprocess.run([sys.executable, __file__, "--worker", name, "1", "--steps", "3", "--profile"],
+            subprocess.run([sys.executable, __file__, "--worker", name, "1", "0", "--steps", "3", "--profile"],
                            env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
         return 0
-    rows, load_before = [], os.getloadavg()
+    rows, ratios, load_before = [], [], os.getloadavg()
     for name in args.data:
         totals = {v: {"wall": 0.0, "cpu": 0.0, "structures": 0, "atoms": 0} for v in args.variants}
         for _ in range(args.rounds):
             for variant in args.variants:
                 tuning, threads = VARIANTS[variant]
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads), SO3KRATES_MALLOC_TUNING=tuning)
-                out = subprocess.run([sys.executable, __file__, "--worker", name, str(threads), "--steps",
-                                      str(args.steps)], env=env, capture_output=True, text=True, check=True)
+                out = subprocess.run([sys.executable, __file__, "--worker", name, str(threads),
+                                      str(int(variant == BEFORE)), "--steps", str(args.steps)], env=env, capture_output=True, text=True, check=True)
                 for key, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
                     totals[variant][key] += value
         for variant, t in totals.items():
@@ -110,12 +140,19 @@ def main() -> int:
             print(f"{name:8s} {variant:24s} {row['structures_per_s_wall']:7.1f} structures/s wall, "
                   f"{row['structures_per_s_cpu']:7.1f} per CPU second, {row['atoms_per_s_wall']:8.0f} atoms/s wall",
                   flush=True)
+        now = "glibc-tuned, 1 thread"
+        if BEFORE in totals and now in totals:
+            ratio = {"data": name, "now_over_before_wall": totals[BEFORE]["wall"] / totals[now]["wall"],
+                     "now_over_before_cpu": totals[BEFORE]["cpu"] / totals[now]["cpu"]}
+            ratios.append(ratio)
+            print(f"{name:8s} now / before 12-03 (1 thread): {ratio['now_over_before_wall']:.2f}x wall, "
+                  f"{ratio['now_over_before_cpu']:.2f}x per CPU second", flush=True)
     import torch
     result = {"command": "python benchmarks/training_throughput.py " + " ".join(sys.argv[1:]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
               "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
               "loadavg_before": list(load_before), "loadavg_after": list(os.getloadavg()), "torch": torch.__version__,
-              "steps": args.steps, "rounds": args.rounds, "rows": rows}
+              "steps": args.steps, "rounds": args.rounds, "rows": rows, "ratios": ratios}
     record_run(args.json, result, {"data": sorted(args.data), "variants": sorted(args.variants)})
     print(f"wrote {args.json}")
     return 0

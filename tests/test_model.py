@@ -288,3 +288,32 @@ def test_unknown_element_nan_positions_and_small_box_are_clear_errors(potential,
     scripted = torch.jit.script(potential)
     with pytest.raises(Exception, match="periodic box too small"):
         evaluate(scripted, small)
+
+
+def test_spherical_harmonics_from_monomials_equal_the_formulas_with_derivatives():
+    """The harmonics are computed as (monomials of u) @ (coefficients read off the formulas in
+    `_degree`): the same polynomials, so the same values, gradients and second derivatives (the
+    force training's double backward) as evaluating the formulas term by term."""
+    from so3krates.model.spherical_harmonics import SphericalHarmonics, _degree
+
+    def by_formula(u, degrees):
+        x, y, z = u[:, 0], u[:, 1], u[:, 2]
+        return torch.stack([p for l in degrees for p in
+                            ([torch.full_like(x, 0.5 / np.sqrt(np.pi))] if l == 0 else _degree(l, x, y, z))], -1)
+
+    torch.manual_seed(0)
+    v = torch.randn(200, 3, dtype=torch.float64)
+    v[:3] = torch.tensor([[0.0, 0.0, 1.5], [1.0, 0.0, 0.0], [0.0, -2.0, 0.0]], dtype=torch.float64)   # on axes
+    for degrees in ([1, 2, 3, 4], [0, 1, 2], [2, 4], [3]):
+        sh = SphericalHarmonics(degrees).double()
+        weights = torch.randn(sum(2 * l + 1 for l in degrees), dtype=torch.float64)
+        results = []
+        for f in (lambda u: sh(u), lambda u: by_formula(u, degrees)):
+            vv = v.clone().requires_grad_(True)
+            y = f(vv / vv.norm(dim=-1, keepdim=True))
+            (g,) = torch.autograd.grad((y ** 2 @ weights).sum(), vv, create_graph=True)
+            (h,) = torch.autograd.grad((g ** 2).sum(), vv)
+            results.append((y.detach(), g.detach(), h))
+        for a, b in zip(*results):
+            assert torch.allclose(a, b, rtol=1e-12, atol=1e-12)
+    assert SphericalHarmonics([1, 2, 3, 4]).state_dict() == {}   # checkpoints keep their keys
