@@ -16,7 +16,11 @@ with benchmarks/peers/accuracy.py's code (their own CLIs and defaults, stopped a
 benchmarks/peers/.venv exists (benchmarks/peers/setup.sh), on the same training file.
 With --parallel, all our schedules of one dataset and budget train at the same time (each on one
 thread), so that the load of a shared machine falls on them alike; otherwise one after another.
-Results: one entry per (dataset, budget) in --json, with the load averages.
+Results: one entry per (dataset, budget) in --json, with the load averages. Each row also has
+`file_frames_per_s`: epochs finished x frames in the training file / training seconds, the same
+measure of training throughput for all three models (each holds out its own validation frames, and
+the peers' validation passes are inside their seconds; a peer's epochs are counted from its
+checkpoint names, epoch-N being the N+1-th).
 """
 from __future__ import annotations
 
@@ -57,6 +61,11 @@ def prepare(name: str, folder: Path):
     write(train, [frames[k] for k in sorted(order[100:])], format="extxyz")
     write(test, [frames[k] for k in sorted(order[:100])], format="extxyz")
     return train, test, "eV"
+
+
+def count_frames(path: Path) -> int:
+    from ase.io import iread
+    return sum(1 for _ in iread(path, index=":"))
 
 
 def peer_copy(path: Path, folder: Path, unit: str) -> Path:
@@ -115,6 +124,7 @@ def main() -> int:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
     for name in args.data:
         train, test, unit = prepare(name, run_dir / "data")
+        train_frames = count_frames(train)
         for budget in args.budgets:
             budget_s = parse_budget(budget)
             started = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -133,6 +143,8 @@ def main() -> int:
                 for schedule, proc in procs.items():
                     proc.wait()
                     row = {"model": f"ours ({schedule})", **ours_row(folders[schedule], test, unit, proc)}
+                    if row.get("train_s"):
+                        row["file_frames_per_s"] = row["epochs"] * train_frames / row["train_s"]
                     print(json.dumps(row), flush=True)
                     rows.append(row)
             peers = [m for m in args.models if m != "ours"]
@@ -146,6 +158,8 @@ def main() -> int:
                     path, info = train_peer(model, run_dir / f"{name}_{int(budget_s)}s_{model}", peer_train,
                                             budget_s, env, args.seed)
                     row = {"model": model, **info}
+                    if info.get("latest_checkpoint_epoch") is not None and info.get("train_seconds"):
+                        row["file_frames_per_s"] = (info["latest_checkpoint_epoch"] + 1) * train_frames / info["train_seconds"]
                     if path is not None:
                         row["test"] = evaluate(model, path, peer_test)
                     print(json.dumps(row), flush=True)
