@@ -432,8 +432,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.potential)
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        # foreach: one call over all parameter tensors instead of a Python loop over ~100 of them
-        # (PyTorch picks it by default only on GPUs); same arithmetic, per tensor.
+        # fused: torch's one-kernel Adam/AMSGrad instead of a Python loop over ~100 parameter tensors
+        # (PyTorch picks a faster form by default only on GPUs); the same update to round-off.
         self.optimizer = torch.optim.Adam(self.potential.parameters(), lr=options.lr,
                                           amsgrad=options.optimizer == "amsgrad", fused=True)
         self.generator = torch.Generator().manual_seed(options.seed)
