@@ -19,6 +19,7 @@ class BernsteinBasis(nn.Module):
     def __init__(self, num_rbf: int, gamma: float):
         super().__init__()
         self.gamma = float(gamma)
+        self.log_floor = LOG_SMALLEST_NORMAL   # an attribute: TorchScript does not read module globals
         k = torch.arange(num_rbf, dtype=torch.float64)
         n = num_rbf - 1
         log_binom = torch.lgamma(torch.tensor(n + 1.0, dtype=torch.float64)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
@@ -31,7 +32,7 @@ class BernsteinBasis(nn.Module):
         log_x = -self.gamma * r.unsqueeze(-1)
         log_1mx = torch.log(-torch.expm1(log_x))
         log_b = self.log_binom + self.k * log_x + self.n_minus_k * log_1mx
-        return torch.exp(log_b.clamp_min(LOG_SMALLEST_NORMAL))
+        return torch.exp(log_b.clamp_min(self.log_floor))
 
 
 class GaussianBasis(nn.Module):
@@ -43,9 +44,10 @@ class GaussianBasis(nn.Module):
         width = cutoff / max(num_rbf - 1, 1)
         self.register_buffer("centers", centers)
         self.coeff = -0.5 / width ** 2
+        self.log_floor = LOG_SMALLEST_NORMAL
 
     def forward(self, r: torch.Tensor) -> torch.Tensor:
-        return torch.exp((self.coeff * (r.unsqueeze(-1) - self.centers) ** 2).clamp_min(LOG_SMALLEST_NORMAL))
+        return torch.exp((self.coeff * (r.unsqueeze(-1) - self.centers) ** 2).clamp_min(self.log_floor))
 
 
 class CosineCutoff(nn.Module):
