@@ -39,9 +39,9 @@ from results_file import record_run  # noqa: E402
 
 DATA = Path(os.environ.get("SO3KRATES_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 DATASETS = {"ethanol": DATA / "rmd17_ethanol" / "train.xyz", "3bpa": DATA / "3bpa" / "train_300K.xyz"}
-VARIANTS = {"glibc, 1 thread": ("0", 1), "glibc-tuned, 1 thread": ("", 1), "glibc-tuned, 2 threads": ("", 2),
-            "before 12-03, 1 thread": ("", 1)}
 BEFORE = "before 12-03, 1 thread"
+VARIANTS = {"glibc, 1 thread": ("0", 1), "glibc-tuned, 1 thread": ("", 1), "glibc-tuned, 2 threads": ("", 2),
+            BEFORE: ("", 1)}
 
 
 def restore_the_step_before_12_03() -> None:
@@ -127,7 +127,8 @@ def main() -> int:
                 tuning, threads = VARIANTS[variant]
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads), SO3KRATES_MALLOC_TUNING=tuning)
                 out = subprocess.run([sys.executable, __file__, "--worker", name, str(threads),
-                                      str(int(variant == BEFORE)), "--steps", str(args.steps)], env=env, capture_output=True, text=True, check=True)
+                                      str(int(variant == BEFORE)), "--steps", str(args.steps)],
+                                     env=env, capture_output=True, text=True, check=True)
                 for key, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
                     totals[variant][key] += value
         for variant, t in totals.items():

@@ -13,7 +13,7 @@ from torch import nn
 
 def _degree(l: int, x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> List[torch.Tensor]:
     if l == 0:
-        return [torch.full_like(x, 0.5 * math.sqrt(1.0 / math.pi))]
+        return [0.0 * x + 0.5 * math.sqrt(1.0 / math.pi)]   # also a _Polynomial constant
     if l == 1:
         c = math.sqrt(3.0 / (4.0 * math.pi))
         return [c * y, c * z, c * x]
@@ -94,7 +94,7 @@ class SphericalHarmonics(nn.Module):
         x, y, z = (_Polynomial({e: 1.0}) for e in [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
         columns = []
         for l in self.degrees:
-            columns.extend([_Polynomial({(0, 0, 0): 0.5 * math.sqrt(1.0 / math.pi)})] if l == 0 else _degree(l, x, y, z))
+            columns.extend(_degree(l, x, y, z))
         monomials = sorted({k for p in columns for k in p.terms})
         coefficients = torch.tensor([[p.terms.get(k, 0.0) for p in columns] for k in monomials], dtype=torch.float64)
         # Not persistent: derived from `degrees`, so state dicts stay as they were.
