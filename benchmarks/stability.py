@@ -3,6 +3,7 @@
     python benchmarks/stability.py                                   # the whole benchmark (hours)
     python benchmarks/stability.py --datasets rmd17_ethanol --models ours --budget 12m \
         --time 5ps --replicas 4 --run-dir /tmp/stability_bench     # a reduced run
+    add --jobs N to run N replicas at a time (one process each, for a machine with N free cores)
 
 For each dataset (rMD17 ethanol at 500 K, 3BPA at 600 K; ../shared/data) and each model:
   1. train on the dataset's training file with the model's own CLI and default recipe for --budget
@@ -94,17 +95,18 @@ def train_peer(name: str, folder: Path, train: Path, budget_s: float, threads: i
     return model
 
 
-def stability_ours(model: Path, start, settings, train: Path, folder: Path) -> dict:
+def stability_ours(model: Path, start, settings, train: Path, folder: Path, jobs: int) -> dict:
     from so3krates.validation.stability import format_report, json_report, plot_report, stability
     report = stability(str(model), start, settings, engine="openmm", reference=str(train),
-                       out_dir=str(folder / "replicas"), progress=False)
+                       out_dir=str(folder / "replicas"), progress=False, jobs=jobs)
     print(format_report(report), flush=True)
     plot_report(report, str(folder / "stability.png"))
     return json_report(report)
 
 
-def stability_peer(kind: str, model: Path, start, settings, train: Path, folder: Path) -> dict:
-    """The peer's MD in its venv, one replica after another; the same criteria on its frames."""
+def stability_peer(kind: str, model: Path, start, settings, train: Path, folder: Path, jobs: int) -> dict:
+    """The peer's MD in its venv, `jobs` replicas at a time (one thread each); the same criteria on
+    its frames."""
     from ase.io import iread, write
 
     from so3krates.validation.stability import (check_frames, hr_mae, hr_range_A, reference_histogram)
@@ -114,17 +116,26 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
     write(start_file, start)
     reference = reference_histogram(str(train), start, hr_range_A(start))
     times, reasons, deviations, walls, simulated, histograms = [], [], [], [], [], []
+    running = {}
+
+    def start_replica(k: int) -> None:
+        running[k] = subprocess.Popen(
+            [str(python), str(HERE / "stability_peer_md.py"), "--kind", kind, str(model), str(start_file), "--out",
+             str(folder / f"replica_{k}.xyz"), "--temperature", str(settings.temperature), "--time-ps",
+             str(settings.time_ps), "--timestep", str(settings.timestep_fs), "--friction",
+             str(settings.friction_per_ps), "--seed", str(settings.seed + k), "--check-every", str(settings.check_every)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
+
+    for k in range(min(jobs, settings.replicas)):
+        start_replica(k)
     for k in range(settings.replicas):
         traj = folder / f"replica_{k}.xyz"
-        proc = subprocess.run([str(python), str(HERE / "stability_peer_md.py"), "--kind", kind, str(model),
-                               str(start_file), "--out", str(traj), "--temperature", str(settings.temperature),
-                               "--time-ps", str(settings.time_ps), "--timestep", str(settings.timestep_fs),
-                               "--friction", str(settings.friction_per_ps), "--seed", str(settings.seed + k),
-                               "--check-every", str(settings.check_every)],
-                              capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
-        if proc.returncode:
-            raise RuntimeError(f"{kind} MD failed: {proc.stderr[-600:]}")
-        walls.append(float(proc.stdout.split("wall_s")[-1]))
+        stdout, stderr = running[k].communicate()
+        if running.pop(k).returncode:
+            raise RuntimeError(f"{kind} MD failed: {stderr[-600:]}")
+        if k + jobs < settings.replicas:
+            start_replica(k + jobs)
+        walls.append(float(stdout.split("wall_s")[-1]))
         failure, watch = check_frames(iread(str(traj), index=":"), start, settings, reference.density())
         failed_ps = None if failure is None else failure.step * settings.timestep_fs / 1000.0
         times.append(failed_ps)
@@ -140,7 +151,8 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
             "stable_fraction": sum(t is None for t in times) / len(times), "time_to_failure_ps": times,
             "median_time_to_failure_ps": float(np.median(simulated)), "max_bond_deviation_A": deviations,
             "failures": reasons, "hr_mae": hr_mae(pooled.density(), reference.density()),
-            "ns_per_day": sum(simulated) / 1000.0 / (sum(walls) / 86400.0), "wall_s": sum(walls)}
+            "ns_per_day": sum(simulated) / 1000.0 / (sum(walls) / 86400.0), "wall_s": sum(walls),
+            "jobs": min(jobs, settings.replicas)}
 
 
 def main() -> int:
@@ -156,6 +168,7 @@ def main() -> int:
     ap.add_argument("--replicas", type=int, default=4)
     ap.add_argument("--timestep", type=float, default=0.5, help="fs")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--jobs", type=int, default=1, help="replicas run at the same time (one process each)")
     ap.add_argument("--run-dir", default="/tmp/stability_bench")
     ap.add_argument("--reuse", action="store_true", help="reuse models already trained in --run-dir")
     ap.add_argument("--out", default=str(HERE / "results" / "stability.json"))
@@ -181,11 +194,11 @@ def main() -> int:
             if name == "ours":
                 model = train_ours(folder, train, budget_s, args.threads, args.seed, args.reuse)
                 train_wall = time.perf_counter() - began
-                report = stability_ours(model, start, settings, train, folder)
+                report = stability_ours(model, start, settings, train, folder, args.jobs)
             else:
                 model = train_peer(name, folder, train, budget_s, args.threads, args.seed, args.reuse)
                 train_wall = time.perf_counter() - began
-                report = stability_peer(name, model, start, settings, train, folder / "md")
+                report = stability_peer(name, model, start, settings, train, folder / "md", args.jobs)
             row = {"command": " ".join(["python", "benchmarks/stability.py", *sys.argv[1:]]),
                    "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                    "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "

@@ -124,3 +124,24 @@ def test_validate_does_not_pass_a_model_whose_md_is_unstable(export_random, tmp_
     assert report["stability"]["stable_fraction"] == 0.0
     assert any(f.startswith("stability (openmm, 300 K): replica 0 failed") for f in report["failures"])
     assert "FAILED" in out and "bond " in out
+
+
+def test_replicas_in_parallel_processes_give_the_same_results_as_one_after_another(trained_ethanol, tmp_path):
+    # ASE's Langevin is seeded, so a replica repeats bit for bit; each seed gives other bond
+    # deviations, so comparing them per replica checks the order of the results too
+    settings = StabilitySettings(temperature=300, time_ps=0.1, replicas=3, check_every=10, traj_every=50)
+    lines = []
+    one_by_one = stability(str(trained_ethanol), ethanol(), settings, engine="ase", progress=False, log=quiet)
+    parallel = stability(str(trained_ethanol), ethanol(), settings, engine="ase", progress=False,
+                         log=lines.append, jobs=2, out_dir=str(tmp_path / "replicas"))
+    assert parallel["jobs"] == 2 and one_by_one["jobs"] == 1
+    for key in ("stable_fraction", "time_to_failure_ps", "max_bond_deviation_A", "failures", "seeds"):
+        assert parallel[key] == one_by_one[key], key
+    assert [r.bond_deviation_A for r in parallel["_replicas"]] == [r.bond_deviation_A for r in one_by_one["_replicas"]]
+    assert np.array_equal(parallel["_hr"]["simulation"], one_by_one["_hr"]["simulation"])
+    assert [line.split(" (")[0] for line in lines if line.startswith("replica ")] == [
+        f"replica {k}" for k in range(3)]
+    for k in range(3):   # each process wrote its replica's files
+        assert [f.info["step"] for f in read(tmp_path / "replicas" / f"replica_{k}.xyz", ":")] == [0, 50, 100, 150, 200]
+    with pytest.raises(ValueError, match="--jobs"):
+        stability(str(trained_ethanol), ethanol(), settings, engine="ase", progress=False, log=quiet, jobs=0)

@@ -21,7 +21,8 @@ distributions, 2 at most).
 
 Each replica is an MD run of the engine registry (`so3krates/engines.py`) whose observer checks
 every `check_every` steps and raises `Unstable` at the first failure, which stops the run there;
-the same observer writes the replica's log and trajectory as they come (`MDWriter`).
+the same observer writes the replica's log and trajectory as they come (`MDWriter`). Replicas are
+independent: with jobs > 1 they run that many at a time in separate processes (`run_replicas`).
 """
 from __future__ import annotations
 
@@ -373,10 +374,55 @@ def run_replica(model_path: str, start: Atoms, spec: EngineSpec, settings: Stabi
         max_bond_deviation_A=max(watch.bond_deviation_A) if watch.bond_deviation_A else None,
         simulated_ps=settings.time_ps if failure is None else failed_ps, wall_s=wall, trajectory=traj, log=log_path,
         times_ps=watch.times_ps[: len(watch.bond_deviation_A)], bond_deviation_A=watch.bond_deviation_A)
-    log(f"replica {index} (seed {seed}): " + ("stable for the whole run" if failure is None else
-                                              f"failed at {failed_ps:g} ps: {failure.reason}")
-        + f" ({wall:.1f} s)")
+    log(replica_line(index, result))
     return result, watch
+
+
+def replica_line(index: int, result: ReplicaResult) -> str:
+    return (f"replica {index} (seed {result.seed}): " + ("stable for the whole run" if result.stable else
+                                                        f"failed at {result.time_to_failure_ps:g} ps: {result.reason}")
+            + f" ({result.wall_s:.1f} s)")
+
+
+def _silent(*_) -> None:
+    pass
+
+
+def _worker_threads(threads: int) -> None:
+    """A replica process's share of the cores: torch's threads (the TorchForce's libtorch is the same
+    library) and OpenMM's CPU platform threads."""
+    import os
+
+    import torch
+    os.environ["OPENMM_CPU_THREADS"] = str(threads)
+    torch.set_num_threads(threads)
+
+
+def run_replicas(model_path: str, start: Atoms, spec: EngineSpec, settings: StabilitySettings,
+                 out_dir: Optional[Path], reference_hr: Optional[np.ndarray], progress: bool, log,
+                 jobs: int = 1) -> List[Tuple[ReplicaResult, StabilityWatch]]:
+    """All replicas, one after the other (jobs = 1) or in `jobs` processes at a time, each with an
+    equal share of the cores (replicas are independent; a molecule's MD uses one core poorly, so
+    4 replicas on 4 cores take the time of one). The same seeds and the same results either way."""
+    workers = min(jobs, settings.replicas)
+    if workers <= 1:
+        return [run_replica(model_path, start, spec, settings, k, out_dir, reference_hr, progress, log)
+                for k in range(settings.replicas)]
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"running {settings.replicas} replicas in {workers} processes ({threads} thread(s) each)")
+    # spawn, not fork: torch and OpenMM hold threads and locks that a forked child would inherit
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_threads, initargs=(threads,)) as pool:
+        futures = [pool.submit(run_replica, model_path, start, spec, settings, k, out_dir, reference_hr, False,
+                               _silent) for k in range(settings.replicas)]
+        results = []
+        for k, future in enumerate(futures):
+            results.append(future.result())
+            log(replica_line(k, results[-1][0]))
+    return results
 
 
 def check_frames(frames: Sequence[Atoms], start: Atoms, settings: StabilitySettings,
@@ -404,9 +450,11 @@ def check_frames(frames: Sequence[Atoms], start: Atoms, settings: StabilitySetti
 
 def stability(model_path: str, structure: Atoms, settings: StabilitySettings, engine: str = "openmm",
               reference: Optional[str] = None, out_dir: Optional[str] = None, progress: bool = True,
-              log=print) -> Dict:
-    """Run the replicas one after the other and return the report (JSON-ready but for keys
-    starting with '_', kept for the plot)."""
+              log=print, jobs: int = 1) -> Dict:
+    """Run the replicas (`jobs` at a time, see run_replicas) and return the report (JSON-ready but
+    for keys starting with '_', kept for the plot)."""
+    if jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (got {jobs})")
     settings.validate()
     spec = EngineSpec.parse(engine)
     start = structure.copy()
@@ -423,16 +471,15 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
         + ("h(r) over a window against " + ("the reference" if reference else "the first window")
            if periodic else f"covalent bonds within {settings.max_bond_deviation_A:g} A of the start")
         + f", no two atoms closer than {settings.min_distance_A:g} A")
-    replicas: List[ReplicaResult] = []
-    watches: List[StabilityWatch] = []
-    for index in range(settings.replicas):
-        result, watch = run_replica(model_path, start, spec, settings, index, folder,
-                                    None if ref_hist is None else ref_hist.density(), progress, log)
-        replicas.append(result)
-        watches.append(watch)
+    began = time.perf_counter()
+    runs = run_replicas(model_path, start, spec, settings, folder, None if ref_hist is None else ref_hist.density(),
+                        progress, log, jobs)
+    replicas = [result for result, _ in runs]
+    watches = [watch for _, watch in runs]
     simulated = watches[0].hr.merged([w.hr for w in watches[1:]])
     durations = [settings.time_ps if r.stable else r.time_to_failure_ps for r in replicas]
-    wall = sum(r.wall_s for r in replicas)
+    elapsed = time.perf_counter() - began
+    wall = sum(r.wall_s for r in replicas)   # ns/day below: that of one replica's process, whatever jobs is
     deviations = [r.max_bond_deviation_A for r in replicas]
     report = {
         "model": str(model_path),
@@ -456,6 +503,8 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
         "seeds": [r.seed for r in replicas],
         "ns_per_day": sum(r.simulated_ps for r in replicas) / 1000.0 / (wall / 86400.0) if wall > 0 else None,
         "wall_s": wall,
+        "jobs": min(jobs, settings.replicas),
+        "elapsed_s": elapsed,
         "trajectories": [r.trajectory for r in replicas],
         "_replicas": replicas,
         "_hr": {"r_A": simulated.r, "simulation": simulated.density(),

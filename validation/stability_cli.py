@@ -23,6 +23,8 @@ def register(subparsers) -> None:
                                                       f"default %(default)s)")
     p.add_argument("--reference", help="frames of the same system (e.g. the training data): h(r) MAE against them")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--jobs", type=int, default=1, help="replicas run at the same time, each in its own process with "
+                   "an equal share of the cores (default %(default)s: one after the other)")
     p.add_argument("--max-bond-deviation", type=float, default=0.5, help="A a bond may move from its length at the "
                    "start (molecules; default %(default)s)")
     p.add_argument("--min-distance", type=float, default=0.6, help="A, no two atoms closer (default %(default)s)")
@@ -48,13 +50,16 @@ def _main(args) -> int:
                                  max_bond_deviation_A=args.max_bond_deviation, min_distance_A=args.min_distance,
                                  max_hr_mae=args.max_hr_mae)
     settings.validate()
+    if args.jobs < 1:
+        raise ValueError(f"--jobs must be >= 1 (got {args.jobs})")
     engines.EngineSpec.parse(args.engine)
     check_output_file(args.json, "--json")   # before the run, not after it
     check_output_file(args.plot, "--plot")
     if args.out:
         check_output_folder(args.out, "--out")
     report = stability(args.model, read_structure(args.structure), settings, engine=args.engine,
-                       reference=args.reference, out_dir=args.out, progress=not args.quiet)
+                       reference=args.reference, out_dir=args.out, progress=not args.quiet and args.jobs == 1,
+                       jobs=args.jobs)
     print(format_report(report))
     if args.json:
         text = json.dumps(json_report(report), indent=1)
