@@ -46,7 +46,8 @@ def main() -> int:
     thermalize_momenta(atoms, args.temperature, rng=np.random.default_rng(args.seed))
     Stationary(atoms)
     dyn = Langevin(atoms, timestep=args.timestep * units.fs, temperature_K=args.temperature,
-                   friction=args.friction / (1000.0 * units.fs), rng=np.random.default_rng(args.seed))
+                   friction=args.friction / (1000.0 * units.fs), fixcm=False,
+                   rng=np.random.default_rng(args.seed))   # as ours in OpenMM: no centre-of-mass constraint
     steps = int(round(args.time_ps * 1000.0 / args.timestep))
     reach = float(np.linalg.norm(atoms.positions - atoms.positions.mean(0), axis=1).max()) + 20.0
     began = time.perf_counter()

@@ -40,8 +40,10 @@ class AseEngine:
         elif settings.ensemble == "npt":
             dyn = npt_dynamics(atoms, settings)
         else:
+            # fixcm=False: no centre-of-mass constraint, as in the other engines' Langevin integrators
+            # (ASE's fixcm=True is deprecated since 3.28: it does not sample NVT exactly)
             dyn = Langevin(atoms, timestep=dt, temperature_K=settings.temperature,
-                           friction=settings.friction_per_ps / (1000.0 * units.fs),
+                           friction=settings.friction_per_ps / (1000.0 * units.fs), fixcm=False,
                            rng=np.random.default_rng(settings.seed))
         result = MDResult(engine="ase", timestep_fs=settings.timestep_fs, num_atoms=len(atoms), observer=observer)
         bar = tqdm(total=settings.steps, desc="ase md", unit="step", disable=not progress, leave=False)
