@@ -4,6 +4,8 @@
 (--epochs and/or --max-time) knows when it ends, so the learning rate is a function of how much of
 the budget is spent, p in [0, 1]: a linear warm-up, then a decay from the peak --lr that reaches
 the floor --min-lr at p = 1 (the last step of a run planned by epochs; the end of --max-time).
+With --decay-fraction f < 1 the lr stays at its peak until p = 1 - f and the decay takes the last
+fraction f of the budget (warm-up, stable, decay: Hu et al. 2024, MiniCPM; Haegele et al. 2024).
 With both budgets, p is the larger of the two fractions: the plan ends with whichever ends first.
 The plan (steps and seconds) is made when the run starts and stored in the checkpoint, so a
 resumed run with the same budget (an interrupted run, or one stopped by --max-time in the
@@ -70,13 +72,16 @@ class BudgetSchedule:
     `total_steps` optimizer steps and/or `total_seconds` of training (None: not planned by it)."""
 
     def __init__(self, kind: str, lr: float, min_lr: float, warmup_steps: int, total_steps: Optional[int],
-                 total_seconds: Optional[float]):
+                 total_seconds: Optional[float], decay_fraction: float = 1.0):
         if kind not in ("cosine", "exponential"):
             raise ValueError(f"schedule {kind!r}; choose one of {', '.join(SCHEDULES)}")
         if total_steps is None and total_seconds is None:
             raise ValueError("a budget schedule needs --epochs or --max-time to plan over")
         self.kind, self.base, self.min_lr, self.warmup_steps = kind, lr, min(min_lr, lr), warmup_steps
+        if not 0.0 < decay_fraction <= 1.0:
+            raise ValueError(f"--decay-fraction must lie in (0, 1], got {decay_fraction:g}")
         self.total_steps, self.total_seconds = total_steps, total_seconds
+        self.decay_fraction = decay_fraction
         self.steps = 0
 
     def progress(self, elapsed: float) -> float:
@@ -95,6 +100,8 @@ class BudgetSchedule:
         return min(1.0, max(by_steps, by_budget))
 
     def decayed(self, p: float) -> float:
+        f = self.decay_fraction
+        p = min(max((p - (1.0 - f)) / f, 0.0), 1.0)   # the decay's own progress: 0 until 1 - f, 1 at the end
         if self.kind == "cosine":
             return self.min_lr + (self.base - self.min_lr) * 0.5 * (1.0 + math.cos(math.pi * p))
         return self.base * (self.min_lr / self.base) ** p   # exponential: a straight line in log(lr)
@@ -114,18 +121,21 @@ class BudgetSchedule:
             ends.append(f"{self.total_seconds:.0f} s of training")
         warm = f"{self.warmup_steps} steps or {WARMUP_FRACTION:.0%} of the budget, whichever is first"
         first = " (whichever comes first)" if len(ends) > 1 else ""
-        return (f"{self.kind} decay planned over the budget: warm-up over {warm}, then {self.base:g} down to the "
-                f"floor {self.min_lr:g}, reached at {' or '.join(ends)}{first}")
+        hold = "" if self.decay_fraction == 1.0 else (f", held until {1.0 - self.decay_fraction:.0%} of the budget "
+                                                      f"and decayed over the last {self.decay_fraction:.0%}")
+        return (f"{self.kind} decay planned over the budget: warm-up over {warm}, then {self.base:g}{hold} down to "
+                f"the floor {self.min_lr:g}, reached at {' or '.join(ends)}{first}")
 
     def state_dict(self) -> Dict[str, float]:
         return {"kind": self.kind, "steps": self.steps, "total_steps": self.total_steps,
-                "total_seconds": self.total_seconds}
+                "total_seconds": self.total_seconds, "decay_fraction": self.decay_fraction}
 
     def load_state_dict(self, state: Dict[str, float]) -> None:
         """The stored plan replaces the one made from this run's options: a resumed run keeps it."""
         self.steps = int(state["steps"])
         self.total_steps = None if state.get("total_steps") is None else int(state["total_steps"])
         self.total_seconds = None if state.get("total_seconds") is None else float(state["total_seconds"])
+        self.decay_fraction = float(state.get("decay_fraction", 1.0))   # runs before the option: decay throughout
 
     def plan(self):
         return self.total_steps, self.total_seconds
@@ -139,7 +149,7 @@ class BudgetSchedule:
 
 
 def make_schedule(kind: str, lr: float, min_lr: float, warmup_steps: int, patience: int, factor: float,
-                  total_steps: Optional[int], total_seconds: Optional[float]):
+                  total_steps: Optional[int], total_seconds: Optional[float], decay_fraction: float = 1.0):
     if kind == "plateau":
         return PlateauSchedule(lr, warmup_steps, patience, factor, min_lr)
-    return BudgetSchedule(kind, lr, min_lr, warmup_steps, total_steps, total_seconds)
+    return BudgetSchedule(kind, lr, min_lr, warmup_steps, total_steps, total_seconds, decay_fraction)

@@ -58,6 +58,7 @@ class TrainOptions:
     stress_weight: float = 1000.0
     warmup_steps: int = 200              # or 5% of the budget, whichever is first (model/schedule.py)
     schedule: str = "cosine"             # cosine | exponential (planned over the budget) | plateau
+    decay_fraction: float = 1.0          # budget schedules: the last fraction of the budget the decay takes
     plateau_patience: int = 10           # epochs without improvement before the lr is reduced
     plateau_factor: float = 0.5
     min_lr: float = 1e-5
@@ -109,6 +110,8 @@ class TrainOptions:
             raise ValueError("--energy-only trains on energies: --energy-weight must be > 0")
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype {self.dtype!r}; choose float32 or float64")
+        if not 0.0 < self.decay_fraction <= 1.0:
+            raise ValueError(f"--decay-fraction must lie in (0, 1], got {self.decay_fraction:g}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"--schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
         if not (self.min_lr > 0 or (self.min_lr == 0 and self.schedule != "exponential")):
@@ -442,7 +445,8 @@ class Trainer:
         self.n_batches = math.ceil(len(self.train_graphs) / options.batch_size)
         self.train_sizes = [len(g.species) for g in self.train_graphs]
         self.schedule = make_schedule(options.schedule, options.lr, options.min_lr, options.warmup_steps,
-                                      options.plateau_patience, options.plateau_factor, *self._budget())
+                                      options.plateau_patience, options.plateau_factor, *self._budget(),
+                                      options.decay_fraction)
         self.replanned_from = None   # the stored plan, when a resume re-planned over a new budget
         self.last_plot = -math.inf
         self.epoch, self.batch_in_epoch, self.elapsed = 0, 0, 0.0

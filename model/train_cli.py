@@ -9,7 +9,7 @@ from typing import Any, Dict
 TRAINING_FLAGS = ("valid", "valid_fraction", "preset", "max_time", "epochs", "seed", "energy_key", "forces_key",
                   "energy_unit", "length_unit", "batch_size", "lr", "optimizer", "energy_weight", "forces_weight",
                   "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads", "stress_weight",
-                  "schedule", "min_lr", "test", "device")
+                  "schedule", "decay_fraction", "min_lr", "test", "device")
 # The type of each value a config file's `training:` section may set (None: may also be null).
 TRAINING_TYPES: Dict[str, Any] = {
     "valid": (str, None), "valid_fraction": float, "preset": str, "max_time": ((int, float, str), None),
@@ -18,7 +18,7 @@ TRAINING_TYPES: Dict[str, Any] = {
     "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
     "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
     "threads": (int, None), "energy_only": bool, "stress_weight": float, "schedule": str, "test": (str, None),
-    "device": str,
+    "device": str, "decay_fraction": float,
 }
 # A run folder's config.yaml carries the run's own bookkeeping: not a recipe.
 BOOKKEEPING_KEYS = ("train", "out", "resume", "progress", "snapshot_times", "model", "given", "overwrite")
@@ -62,6 +62,8 @@ def register(subparsers) -> None:
     p.add_argument("--schedule", choices=["cosine", "exponential", "plateau"],
                    help="learning rate: cosine (default) or exponential decay to --min-lr planned over the budget "
                         "(--epochs/--max-time), or plateau: decay when the validation loss stalls")
+    p.add_argument("--decay-fraction", type=float, help="cosine/exponential: the lr stays at its peak and decays "
+                   "over the last fraction of the budget (default 1: decays throughout)")
     p.add_argument("--min-lr", type=float, help="the schedule's floor (default 1e-5)")
     p.add_argument("--ema-decay", type=float)
     p.add_argument("--grad-clip", type=float)

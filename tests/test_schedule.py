@@ -29,6 +29,22 @@ def test_planned_schedule_reaches_the_floor_at_the_last_step(kind):
         assert lrs[250] == pytest.approx(2e-3 * (1e-5 / 2e-3) ** (250 / 499))
 
 
+@pytest.mark.parametrize("kind", ["cosine", "exponential"])
+def test_decay_fraction_holds_the_peak_then_decays_over_the_last_part_to_the_floor(kind):
+    lrs = lrs_by_steps(BudgetSchedule(kind, 2e-3, 1e-5, 10, 501, None, decay_fraction=0.25), 501)
+    assert all(lr == pytest.approx(2e-3) for lr in lrs[10:376])      # warm-up, then the peak until p = 0.75
+    assert all(a > b for a, b in zip(lrs[375:], lrs[376:]))           # then only decays ...
+    assert lrs[-1] == pytest.approx(1e-5, rel=1e-12)                  # ... to the floor at the last step
+    whole = BudgetSchedule(kind, 2e-3, 1e-5, 10, 126, None)           # its last 126 steps: the curve of a
+    whole.steps = 50                                                   # 126-step run that decays throughout
+    assert lrs[375 + 50] == pytest.approx(whole.lr())
+    resumed = BudgetSchedule(kind, 2e-3, 1e-5, 10, 501, None)         # a resume keeps the stored fraction
+    resumed.load_state_dict(BudgetSchedule(kind, 2e-3, 1e-5, 10, 501, None, 0.25).state_dict())
+    assert resumed.decay_fraction == 0.25 and "decayed over the last 25%" in resumed.describe()
+    with pytest.raises(ValueError, match="--decay-fraction must lie in"):
+        TrainOptions(train="x", epochs=1, decay_fraction=0.0).validate()
+
+
 def test_short_budget_does_not_end_in_warm_up_and_time_budget_ends_at_the_floor():
     # 40 planned steps with --warmup-steps 200: warm-up ends at 5 % of the budget.
     lrs = lrs_by_steps(BudgetSchedule("cosine", 1e-3, 1e-6, 200, 40, None), 40)
