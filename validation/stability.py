@@ -419,9 +419,14 @@ def run_replicas(model_path: str, start: Atoms, spec: EngineSpec, settings: Stab
         futures = [pool.submit(run_replica, model_path, start, spec, settings, k, out_dir, reference_hr, False,
                                _silent) for k in range(settings.replicas)]
         results = []
-        for k, future in enumerate(futures):
-            results.append(future.result())
-            log(replica_line(k, results[-1][0]))
+        try:
+            for k, future in enumerate(futures):
+                results.append(future.result())
+                log(replica_line(k, results[-1][0]))
+        except BaseException:   # an error or Ctrl-C: the replicas not yet started are not run
+            for future in futures:
+                future.cancel()
+            raise
     return results
 
 
