@@ -50,15 +50,13 @@ def _main(args) -> int:
                                  max_bond_deviation_A=args.max_bond_deviation, min_distance_A=args.min_distance,
                                  max_hr_mae=args.max_hr_mae)
     settings.validate()
-    if args.jobs < 1:
-        raise ValueError(f"--jobs must be >= 1 (got {args.jobs})")
     engines.EngineSpec.parse(args.engine)
     check_output_file(args.json, "--json")   # before the run, not after it
     check_output_file(args.plot, "--plot")
     if args.out:
         check_output_folder(args.out, "--out")
     report = stability(args.model, read_structure(args.structure), settings, engine=args.engine,
-                       reference=args.reference, out_dir=args.out, progress=not args.quiet and args.jobs == 1,
+                       reference=args.reference, out_dir=args.out, progress=not args.quiet,
                        jobs=args.jobs)
     print(format_report(report))
     if args.json:
