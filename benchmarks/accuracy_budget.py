@@ -1,7 +1,7 @@
 """Accuracy within a training wall-clock budget: rMD17 ethanol and 3BPA, our schedules and the peers.
 
     OMP_NUM_THREADS=1 python benchmarks/accuracy_budget.py --data ethanol 3bpa --budgets 10m 20m 60m
-        [--schedules cosine plateau] [--models ours so3krates-torch mace] [--parallel]
+        [--schedules cosine plateau] [--models ours so3krates-torch mace] [--parallel] [--compile]
         [--run-dir /tmp/accuracy_budget] [--json benchmarks/results/accuracy_budget.json]
 
 Data (../shared/data):
@@ -14,6 +14,8 @@ Ours: `so3krates train --preset default --max-time BUDGET --threads 1 --schedule
 `so3krates evaluate` of best.ckpt on the test file. The peers (So3krates-torch, MACE) are trained
 with benchmarks/peers/accuracy.py's code (their own CLIs and defaults, stopped at the budget) when
 benchmarks/peers/.venv exists (benchmarks/peers/setup.sh), on the same training file.
+With --compile, ours trains with `so3krates train --compile` (the compiled step; its compilation
+counts in the budget) and its rows are "ours (S, compiled)".
 With --parallel, all our schedules of one dataset and budget train at the same time (each on one
 thread), so that the load of a shared machine falls on them alike; otherwise one after another.
 Results: one entry per (dataset, budget) in --json, with the load averages. Each row also has
@@ -82,10 +84,10 @@ def peer_copy(path: Path, folder: Path, unit: str) -> Path:
     return out
 
 
-def ours_command(train: Path, folder: Path, budget_s: float, schedule: str, seed: int):
+def ours_command(train: Path, folder: Path, budget_s: float, schedule: str, seed: int, compiled: bool = False):
     return [str(OURS), "train", "--train", str(train), "--out", str(folder), "--preset", "default", "--max-time",
             f"{int(budget_s)}s", "--threads", "1", "--seed", str(seed), "--schedule", schedule, "--quiet",
-            "--overwrite"]
+            "--overwrite"] + (["--compile"] if compiled else [])
 
 
 def ours_row(folder: Path, test: Path, unit: str, proc) -> dict:
@@ -115,6 +117,7 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["ours", "so3krates-torch", "mace"],
                    choices=["ours", "so3krates-torch", "mace"])
     p.add_argument("--parallel", action="store_true")
+    p.add_argument("--compile", action="store_true", help="ours with `so3krates train --compile`")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-dir", default="/tmp/accuracy_budget")
     p.add_argument("--json", default=str(HERE / "results" / "accuracy_budget.json"))
@@ -131,18 +134,21 @@ def main() -> int:
             load_before = os.getloadavg()
             rows = []
             if "ours" in args.models:
-                folders = {s: run_dir / f"{name}_{int(budget_s)}s_ours_{s}" for s in args.schedules}
+                suffix = "_compiled" if args.compile else ""
+                folders = {s: run_dir / f"{name}_{int(budget_s)}s_ours_{s}{suffix}" for s in args.schedules}
                 procs = {}
                 for schedule, folder in folders.items():
                     folder.mkdir(parents=True, exist_ok=True)
                     log = open(folder.parent / f"{folder.name}.log", "w")
-                    procs[schedule] = subprocess.Popen(ours_command(train, folder, budget_s, schedule, args.seed),
+                    procs[schedule] = subprocess.Popen(ours_command(train, folder, budget_s, schedule, args.seed,
+                                                                    args.compile),
                                                        stdout=log, stderr=subprocess.STDOUT, env=env)
                     if not args.parallel:
                         procs[schedule].wait()
                 for schedule, proc in procs.items():
                     proc.wait()
-                    row = {"model": f"ours ({schedule})", **ours_row(folders[schedule], test, unit, proc)}
+                    label = f"ours ({schedule}, compiled)" if args.compile else f"ours ({schedule})"
+                    row = {"model": label, **ours_row(folders[schedule], test, unit, proc)}
                     if row.get("train_s"):
                         row["file_frames_per_s"] = row["epochs"] * train_frames / row["train_s"]
                     print(json.dumps(row), flush=True)

@@ -11,6 +11,9 @@ process (an allocator setting cannot be undone inside one), so machine load fall
   glibc-tuned, 1 thread    what `so3krates train` now sets for itself (so3krates.allocator.
                            keep_freed_memory: mallopt M_MMAP_MAX=0, M_TRIM_THRESHOLD=max)
   glibc-tuned, 2 threads   the same on 2 torch threads
+  compiled, 1 thread       glibc-tuned with `so3krates train --compile` (model/compiled_step.py); its
+                           three warm-up steps hold the compilation (with an empty
+                           compile cache each round), reported as warm-up seconds
   before 12-03, 1 thread   glibc-tuned with the step as it was before 2026-12-03, rebuilt here by
                            patching the worker: the float32 radial basis with its subnormal numbers
                            (not clamped), the harmonics evaluated term by term, the per-tensor
@@ -40,8 +43,9 @@ from results_file import record_run  # noqa: E402
 DATA = Path(os.environ.get("SO3KRATES_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 DATASETS = {"ethanol": DATA / "rmd17_ethanol" / "train.xyz", "3bpa": DATA / "3bpa" / "train_300K.xyz"}
 BEFORE = "before 12-03, 1 thread"
+COMPILED = "compiled, 1 thread"
 VARIANTS = {"glibc, 1 thread": ("0", 1), "glibc-tuned, 1 thread": ("", 1), "glibc-tuned, 2 threads": ("", 2),
-            BEFORE: ("", 1)}
+            BEFORE: ("", 1), COMPILED: ("", 1)}
 
 
 def restore_the_step_before_12_03() -> None:
@@ -62,24 +66,27 @@ def restore_the_step_before_12_03() -> None:
     sh.SphericalHarmonics.forward = harmonics_term_by_term
 
 
-def worker(name: str, threads: int, steps: int, profile: bool, before: bool) -> None:
+def worker(name: str, threads: int, steps: int, profile: bool, mode: str) -> None:
     """One variant in this process: prints {"wall": s, "cpu": s, "structures": n, "atoms": n}."""
     import torch
 
+    before = mode == "before"
     if before:
         restore_the_step_before_12_03()
 
     from so3krates.model.train import TrainOptions, Trainer
     with tempfile.TemporaryDirectory(prefix="so3krates_throughput_") as tmp:
         trainer = Trainer(TrainOptions(train=str(DATASETS[name]), out=tmp + "/run", preset="default", epochs=1,
-                                       threads=threads, progress=False, seed=0))
+                                       threads=threads, progress=False, seed=0, compile=mode == "compiled"))
         if before:
             trainer.optimizer = torch.optim.Adam(trainer.potential.parameters(), lr=trainer.options.lr, amsgrad=True,
                                                  foreach=False)
         order = torch.randperm(len(trainer.train_graphs), generator=torch.Generator().manual_seed(0))
         batches = [order[16 * k:16 * (k + 1)] for k in range(steps)]
-        for b in batches[:3]:   # warm-up: the first calls allocate
+        warm = time.perf_counter()
+        for b in batches[:3]:   # warm-up: the first calls allocate (and compile)
             trainer._step(b)
+        warm = time.perf_counter() - warm
         if profile:
             from torch.profiler import ProfilerActivity, profile as torch_profile
             with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -92,7 +99,8 @@ def worker(name: str, threads: int, steps: int, profile: bool, before: bool) -> 
             trainer._step(b)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         atoms = sum(trainer.train_sizes[k] for b in batches for k in b.tolist())
-        print(json.dumps({"wall": wall, "cpu": cpu, "structures": sum(len(b) for b in batches), "atoms": atoms}))
+        print(json.dumps({"wall": wall, "cpu": cpu, "structures": sum(len(b) for b in batches), "atoms": atoms,
+                          "warm_up_s": warm}))
 
 
 def main() -> int:
@@ -104,10 +112,10 @@ def main() -> int:
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS), metavar="VARIANT",
                    help=f"a subset of: {'; '.join(VARIANTS)} (default: all)")
     p.add_argument("--json", default=str(HERE / "results" / "training_throughput.json"))
-    p.add_argument("--worker", nargs=3, metavar=("DATA", "THREADS", "BEFORE"), help=argparse.SUPPRESS)
+    p.add_argument("--worker", nargs=3, metavar=("DATA", "THREADS", "MODE"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.worker:
-        worker(args.worker[0], int(args.worker[1]), args.steps, args.profile, args.worker[2] == "1")
+        worker(args.worker[0], int(args.worker[1]), args.steps, args.profile, args.worker[2])
         return 0
     missing = [name for name in args.data if not DATASETS[name].is_file()]
     if missing:
@@ -116,18 +124,21 @@ def main() -> int:
     if args.profile:
         for name in args.data:
             print(f"--- {name}", flush=True)
-            subprocess.run([sys.executable, __file__, "--worker", name, "1", "0", "--steps", "3", "--profile"],
+            subprocess.run([sys.executable, __file__, "--worker", name, "1", "eager", "--steps", "3", "--profile"],
                            env=dict(os.environ, OMP_NUM_THREADS="1"), check=True)
         return 0
     rows, ratios, load_before = [], [], os.getloadavg()
     for name in args.data:
-        totals = {v: {"wall": 0.0, "cpu": 0.0, "structures": 0, "atoms": 0} for v in args.variants}
+        totals = {v: {"wall": 0.0, "cpu": 0.0, "structures": 0, "atoms": 0, "warm_up_s": 0.0} for v in args.variants}
         for _ in range(args.rounds):
             for variant in args.variants:
                 tuning, threads = VARIANTS[variant]
                 env = dict(os.environ, OMP_NUM_THREADS=str(threads), SO3KRATES_MALLOC_TUNING=tuning)
+                if variant == COMPILED:   # an empty compile cache each round: the compile time of a first run
+                    env["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="so3krates_inductor_")
                 out = subprocess.run([sys.executable, __file__, "--worker", name, str(threads),
-                                      str(int(variant == BEFORE)), "--steps", str(args.steps)],
+                                      {BEFORE: "before", COMPILED: "compiled"}.get(variant, "eager"),
+                                      "--steps", str(args.steps)],
                                      env=env, capture_output=True, text=True, check=True)
                 for key, value in json.loads(out.stdout.strip().splitlines()[-1]).items():
                     totals[variant][key] += value
@@ -136,10 +147,11 @@ def main() -> int:
                    "atoms_per_structure": t["atoms"] / t["structures"],
                    "structures_per_s_wall": t["structures"] / t["wall"],
                    "structures_per_s_cpu": t["structures"] / t["cpu"],
-                   "atoms_per_s_wall": t["atoms"] / t["wall"]}
+                   "atoms_per_s_wall": t["atoms"] / t["wall"], "warm_up_s_per_round": t["warm_up_s"] / args.rounds}
             rows.append(row)
             print(f"{name:8s} {variant:24s} {row['structures_per_s_wall']:7.1f} structures/s wall, "
-                  f"{row['structures_per_s_cpu']:7.1f} per CPU second, {row['atoms_per_s_wall']:8.0f} atoms/s wall",
+                  f"{row['structures_per_s_cpu']:7.1f} per CPU second, {row['atoms_per_s_wall']:8.0f} atoms/s wall, "
+                  f"warm-up {row['warm_up_s_per_round']:.1f} s",
                   flush=True)
         now = "glibc-tuned, 1 thread"
         if BEFORE in totals and now in totals:
@@ -148,6 +160,12 @@ def main() -> int:
             ratios.append(ratio)
             print(f"{name:8s} now / before 12-03 (1 thread): {ratio['now_over_before_wall']:.2f}x wall, "
                   f"{ratio['now_over_before_cpu']:.2f}x per CPU second", flush=True)
+        if COMPILED in totals and now in totals:
+            ratio = {"data": name, "compiled_over_eager_wall": totals[now]["wall"] / totals[COMPILED]["wall"],
+                     "compiled_over_eager_cpu": totals[now]["cpu"] / totals[COMPILED]["cpu"]}
+            ratios.append(ratio)
+            print(f"{name:8s} compiled / eager (1 thread): {ratio['compiled_over_eager_wall']:.2f}x wall, "
+                  f"{ratio['compiled_over_eager_cpu']:.2f}x per CPU second", flush=True)
     import torch
     result = {"command": "python benchmarks/training_throughput.py " + " ".join(sys.argv[1:]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

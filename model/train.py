@@ -73,6 +73,7 @@ class TrainOptions:
     overwrite: bool = False              # replace the run files already in `out`
     test: Optional[str] = None           # evaluated with the best weights at the end -> test_errors.json
     device: str = "cpu"                  # cpu | cuda | cuda:N
+    compile: bool = False                # torch.compile the step's model evaluation (model/compiled_step.py)
     given: Optional[List[str]] = None    # options set explicitly (the CLI); None: all (compared on resume)
 
     def validate(self) -> None:
@@ -248,7 +249,7 @@ PLOT_EVERY_S = 60.0
 # What a resumed run may change: how long it trains and how it reports. Everything else is the
 # run's recipe, kept as it started; the data files are checked by their sha256.
 RESUME_MAY_CHANGE = ("epochs", "max_time", "progress", "threads", "snapshot_times", "resume", "overwrite", "given",
-                     "train", "valid", "isolated_atoms", "test", "device")
+                     "train", "valid", "isolated_atoms", "test", "device", "compile")
 
 
 def run_files(out: Path) -> List[Path]:
@@ -444,6 +445,11 @@ class Trainer:
         self.valid_graphs = make_graphs(self.valid_set, config.elements, config.cutoff, self.dtype)
         self.n_batches = math.ceil(len(self.train_graphs) / options.batch_size)
         self.train_sizes = [len(g.species) for g in self.train_graphs]
+        self.compiled = None
+        self.step_note = "eager PyTorch (--compile: 2-3x the structures/s after minutes of compilation)"
+        if options.compile:
+            from so3krates.model.compiled_step import compiled_forces
+            self.compiled, self.step_note = compiled_forces(self.potential, self.train_graphs, options.batch_size)
         self.schedule = make_schedule(options.schedule, options.lr, options.min_lr, options.warmup_steps,
                                       options.plateau_patience, options.plateau_factor, *self._budget(),
                                       options.decay_fraction)
@@ -506,9 +512,7 @@ class Trainer:
         lr = self.schedule.lr(self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        out = self.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"], batch["idx_j"],
-                                            batch["shifts"], batch["batch"], batch["num_graphs"], -1, True,
-                                            trains_stress(o, batch), True)
+        out = self._evaluate(batch)
         loss, e_mse, f_mse, _ = loss_terms(out, batch, o)
         if not torch.isfinite(loss):
             raise RuntimeError(f"the training loss became {float(loss)} at step {self.schedule.steps}; "
@@ -528,6 +532,22 @@ class Trainer:
         self.sums["e_mse"] += float(e_mse) * n
         self.sums["f_mse"] += float(f_mse) * n
         self.sums["n"] += n
+
+    def _evaluate(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
+        stress = trains_stress(self.options, batch)
+        if self.compiled is not None:
+            try:
+                return self.compiled.evaluate(batch, stress)
+            except Exception as e:   # noqa: BLE001 - torch.compile's failures have no common type
+                if self.compiled.compiled_once:
+                    raise
+                self.step_note = (f"uncompiled: torch.compile failed ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:200]})")
+                self._report(f"--compile: {self.step_note}")
+                self.compiled = None
+        return self.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"], batch["idx_j"],
+                                             batch["shifts"], batch["batch"], batch["num_graphs"], -1, True,
+                                             stress, True)
 
     def validate(self) -> Dict[str, float]:
         predicted = predict_graphs(self.ema, self.valid_graphs, batch_size=64)
@@ -654,6 +674,7 @@ class Trainer:
             f"{torch.get_num_threads()} CPU thread(s)",
             f"  {self.n_batches} batches of up to {o.batch_size} per epoch; warm-up {warmup}",
             f"  schedule: {self.schedule.describe()}",
+            f"  training step: {self.step_note}",
             f"  EMA of the weights (validated and saved): decay {o.ema_decay:g}, an average over the last "
             f"~{1 / max(1 - o.ema_decay, 1e-9):.0f} steps (over the last ~11% of the steps early in the run)",
             f"  budget: {budget_text(o)}",

@@ -317,7 +317,7 @@ def test_invalid_training_numbers(capsys, data, tmp_path, flags, phrase):
 
 @pytest.mark.parametrize("text, phrases", [
     ("training:\n  batchsize: 4\n", ["unknown key 'batchsize' in `training:`", "did you mean 'batch_size'?",
-                                     "valid keys: batch_size, decay_fraction, device, dtype,"]),
+                                     "valid keys: batch_size, compile, decay_fraction, device, dtype,"]),
     ("model:\n  feature: 16\n", ["unknown key 'feature' in `model:`", "did you mean 'features'?"]),
     ("trainng:\n  lr: 0.1\nmodel: {}\n", ["unknown section 'trainng'", "did you mean 'training'?"]),
     ("training:\n  lr: fast\n", ["`training: lr` must be number, got 'fast' (str)"]),

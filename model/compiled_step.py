@@ -1,0 +1,114 @@
+"""The training step's model evaluation compiled with torch.compile (`so3krates train --compile`).
+
+Force training needs the second derivative (the loss holds dE/dr, and its gradient with respect to
+the weights goes through that derivative again). torch.compile cannot differentiate a graph built
+by torch.autograd.grad, so here the forces are a torch.func.grad *inside* the compiled function:
+the first derivative becomes ordinary operations of the traced graph, and AOTAutograd derives the
+weight gradient of the whole (energies, dE/dr) graph as usual. Inductor then fuses the many small
+per-edge operations of a step into a few C++ loops (docs/benchmarks.md: 2.5-4x the structures per
+second of the eager step on one CPU thread).
+
+Shapes are static: every batch is padded to the most atoms and pairs any batch of the training set
+can hold, so there is one compilation per run (a few minutes on a CPU, counted in --max-time). The
+padding is one extra atom (weight 0 in the energy sum) with self-pairs 1 A beyond the cutoff: the
+cutoff function is 0 there, so they carry no message (inside the cutoff, hundreds of identical
+messages into one atom overflow float32 within three layers, and 0 x inf poisons the weight
+gradient), and the atom has no link to a real one, so the real atoms' energies, forces and weight
+gradients are those of the eager step to round-off (tests/test_compiled_step.py).
+"""
+from __future__ import annotations
+
+import logging
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import torch
+
+from so3krates.model.potential import Potential, half_pairs
+
+
+def _skip_inductor_loop_split() -> None:
+    """PyTorch 2.9's CPU code generator fails an internal assertion when it tries to split the loops of
+    the fused (pairs, heads, features) kernels of this model ("expected_var_ranges ==
+    extra_indexing_ranges"); the split is an optional loop transformation, so it is turned off."""
+    try:
+        from torch._inductor.codegen.cpp import CppScheduling
+    except ImportError:   # another PyTorch: nothing to work around
+        return
+    if hasattr(CppScheduling, "try_loop_split"):
+        CppScheduling.try_loop_split = lambda self, nodes: nodes
+
+
+class CompiledForces:
+    """energy (per graph), forces and (optionally) virial of a collated batch, as Potential.evaluate_edges
+    with create_graph=True, from one compiled function of fixed shape."""
+
+    def __init__(self, potential: Potential, graphs: Sequence, batch_size: int):
+        if potential.long_range:
+            raise ValueError("--compile covers short-range models; this model has long-range terms")
+        self.potential = potential
+        self.network = potential.network
+        atoms = sorted(len(g.species) for g in graphs)
+        pairs = sorted(len(g.idx_i) // 2 for g in graphs)
+        self.max_atoms = sum(atoms[-batch_size:]) + 1        # + the padding atom, always present
+        self.max_pairs = sum(pairs[-batch_size:])
+        self.pad_length = float(self.network.config.cutoff) + 1.0
+        _skip_inductor_loop_split()
+        # Inductor's C++ build asks torch.utils.cpp_extension, which warns on every CPU-only machine that
+        # it found no CUDA runtime: noise in a training log.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+        self.function = torch.compile(self._energies_and_gradient, fullgraph=True, dynamic=False)
+        self.compiled_once = False
+
+    def _energies_and_gradient(self, params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor],
+                               vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
+                               species: torch.Tensor, weight: torch.Tensor):
+        def total(v):
+            e = torch.func.functional_call(self.network, (params, buffers), (v, idx_i, idx_j, species, True))
+            return (e * weight).sum(), e
+        gradient, energies = torch.func.grad(total, has_aux=True)(vectors)
+        return energies, gradient
+
+    def evaluate(self, batch: Dict, compute_virial: bool = False) -> Dict[str, torch.Tensor]:
+        positions, n = batch["positions"], batch["positions"].shape[0]
+        idx_i, idx_j, shifts = half_pairs(batch["idx_i"], batch["idx_j"], batch["shifts"])
+        vectors = self.potential.edge_vectors(positions, idx_i, idx_j, shifts)
+        e = vectors.shape[0]
+        if n >= self.max_atoms or e > self.max_pairs:
+            raise ValueError(f"a batch of {n} atoms and {e} pairs is larger than the compiled step's "
+                             f"{self.max_atoms - 1} atoms and {self.max_pairs} pairs")
+        pad = self.max_atoms - 1
+        device, long = positions.device, torch.long
+        padded_vectors = vectors.new_zeros((self.max_pairs, 3))
+        padded_vectors[:e] = vectors
+        padded_vectors[e:, 0] = self.pad_length
+        pad_index = torch.full((self.max_pairs - e,), pad, dtype=long, device=device)
+        species = torch.zeros(self.max_atoms, dtype=long, device=device)
+        species[:n] = batch["species"]
+        weight = torch.zeros(self.max_atoms, dtype=torch.float64, device=device)
+        weight[:n] = 1.0
+        energies, gradient = self.function(dict(self.network.named_parameters()), dict(self.network.named_buffers()),
+                                           padded_vectors, torch.cat([idx_i, pad_index]),
+                                           torch.cat([idx_j, pad_index]), species, weight)
+        self.compiled_once = True
+        energies, g = energies[:n], gradient[:e]
+        graphs = batch["num_graphs"]
+        energy = torch.zeros(graphs, dtype=energies.dtype, device=device).index_add(0, batch["batch"], energies)
+        forces = torch.zeros((n, 3), dtype=g.dtype, device=device).index_add(0, idx_i, g).index_add(0, idx_j, -g)
+        out = {"energy": energy, "energies": energies, "forces": forces}
+        if compute_virial:
+            outer = -(vectors.detach().unsqueeze(-1) * g.unsqueeze(-2))
+            edge_graph = batch["batch"].index_select(0, idx_i)
+            virial = torch.zeros((graphs, 3, 3), dtype=g.dtype, device=device).index_add(0, edge_graph, outer)
+            out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
+        return out
+
+
+def compiled_forces(potential: Potential, graphs: Sequence, batch_size: int) -> Tuple[Optional[CompiledForces], str]:
+    """(CompiledForces or None, a line for the start-up summary that says which and why)."""
+    try:
+        compiled = CompiledForces(potential, graphs, batch_size)
+    except ValueError as e:
+        return None, f"uncompiled ({e})"
+    return compiled, (f"compiled with torch.compile, every batch padded to {compiled.max_atoms} atoms and "
+                      f"{compiled.max_pairs} pairs; the first step compiles it (minutes, counted in the budget)")

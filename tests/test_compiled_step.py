@@ -1,0 +1,58 @@
+"""`so3krates train --compile`: the compiled step (model/compiled_step.py) against the eager one."""
+import math
+
+import pytest
+import torch
+
+from so3krates.model.compiled_step import CompiledForces
+from so3krates.model.data import collate
+from so3krates.model.sample import SampleSettings, resolve_structure, sample, write_frames
+from so3krates.model.train import TrainOptions, Trainer, loss_terms
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """12 GFN2-xTB frames of ethanol at 800 K."""
+    frames = sample(resolve_structure("ethanol"), SampleSettings(temperature=800, frames=12, stride=3,
+                                                                 equilibration=0, seed=2), progress=False)
+    path = tmp_path_factory.mktemp("data") / "ethanol.xyz"
+    write_frames(path, frames)
+    return path
+
+
+def test_compiled_step_gives_the_eager_loss_gradients_forces_and_virial(data, tmp_path):
+    """A batch smaller than the compiled shape (so padding atoms and pairs are in it): energies, forces,
+    virial, loss and every weight gradient equal the eager step's to float64 round-off; then
+    `train --compile` runs on it. (One test: each compilation takes a minute or more.)"""
+    trainer = Trainer(TrainOptions(train=str(data), out=str(tmp_path / "run"), preset="tiny", dtype="float64",
+                                   batch_size=4, epochs=2, seed=3, threads=1, progress=False, compile=True))
+    compiled = trainer.compiled
+    assert isinstance(compiled, CompiledForces) and trainer.step_note.startswith("compiled with torch.compile")
+    batch = collate(trainer.train_graphs[:1])
+    params = list(trainer.potential.parameters())
+    results = []
+    for evaluate in (lambda: trainer.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"],
+                                                              batch["idx_j"], batch["shifts"], batch["batch"],
+                                                              batch["num_graphs"], -1, True, True, True),
+                     lambda: compiled.evaluate(batch, compute_virial=True)):
+        out = evaluate()
+        loss = loss_terms(out, batch, trainer.options)[0] + (out["virial"] ** 2).sum()
+        grads = torch.autograd.grad(loss, params, allow_unused=True)
+        results.append((out, loss.detach(), grads))
+    (eager, eager_loss, eager_grads), (comp, comp_loss, comp_grads) = results
+    assert compiled.max_atoms == 4 * 9 + 1 and batch["positions"].shape[0] == 9   # three structures' worth of padding
+    for key in ("energy", "forces", "virial"):
+        assert torch.allclose(comp[key], eager[key], rtol=1e-10, atol=1e-12), key
+    assert torch.allclose(comp_loss, eager_loss, rtol=1e-10)
+    pairs = [(a, b) for a, b in zip(eager_grads, comp_grads) if a is not None]
+    assert len(pairs) > 10 and all(b is not None for _, b in pairs)
+    scale = max(float(a.abs().max()) for a, _ in pairs)
+    assert max(float((a - b).abs().max()) for a, b in pairs) < 1e-9 * scale
+
+    # The run itself takes the compiled path (the same shape: no second compilation) and learns.
+    before = [p.detach().clone() for p in params]
+    trainer.run()
+    assert trainer.compiled is compiled and len(trainer.history) == 2
+    assert all(math.isfinite(row["train_loss"]) for row in trainer.history)
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.potential.parameters()))
+    assert "training step: compiled with torch.compile" in (tmp_path / "run" / "summary.txt").read_text()
