@@ -19,7 +19,6 @@ gradients are those of the eager step to round-off (tests/test_compiled_step.py)
 from __future__ import annotations
 
 import logging
-
 from typing import Dict, Optional, Sequence, Tuple
 
 import torch
@@ -30,7 +29,8 @@ from so3krates.model.potential import Potential, half_pairs
 def _skip_inductor_loop_split() -> None:
     """PyTorch 2.9's CPU code generator fails an internal assertion when it tries to split the loops of
     the fused (pairs, heads, features) kernels of this model ("expected_var_ranges ==
-    extra_indexing_ranges"); the split is an optional loop transformation, so it is turned off."""
+    extra_indexing_ranges"); the split is an optional loop transformation, so it is turned off (for
+    the whole process: torch.compile has no per-call switch for it)."""
     try:
         from torch._inductor.codegen.cpp import CppScheduling
     except ImportError:   # another PyTorch: nothing to work around
