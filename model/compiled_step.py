@@ -39,6 +39,10 @@ def _skip_inductor_loop_split() -> None:
         CppScheduling.try_loop_split = lambda self, nodes: nodes
 
 
+class CompileError(RuntimeError):
+    """torch.compile failed on the first call (no C++ compiler, an unsupported PyTorch, ...)."""
+
+
 class CompiledForces:
     """energy (per graph), forces and (optionally) virial of a collated batch, as Potential.evaluate_edges
     with create_graph=True, from one compiled function of fixed shape."""
@@ -87,9 +91,15 @@ class CompiledForces:
         species[:n] = batch["species"]
         weight = torch.zeros(self.max_atoms, dtype=torch.float64, device=device)
         weight[:n] = 1.0
-        energies, gradient = self.function(dict(self.network.named_parameters()), dict(self.network.named_buffers()),
-                                           padded_vectors, torch.cat([idx_i, pad_index]),
-                                           torch.cat([idx_j, pad_index]), species, weight)
+        try:
+            energies, gradient = self.function(dict(self.network.named_parameters()),
+                                               dict(self.network.named_buffers()), padded_vectors,
+                                               torch.cat([idx_i, pad_index]), torch.cat([idx_j, pad_index]),
+                                               species, weight)
+        except Exception as e:   # noqa: BLE001 - torch.compile's failures have no common type
+            if self.compiled_once:
+                raise
+            raise CompileError(f"{type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}") from e
         self.compiled_once = True
         energies, g = energies[:n], gradient[:e]
         graphs = batch["num_graphs"]

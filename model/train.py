@@ -446,7 +446,7 @@ class Trainer:
         self.n_batches = math.ceil(len(self.train_graphs) / options.batch_size)
         self.train_sizes = [len(g.species) for g in self.train_graphs]
         self.compiled = None
-        self.step_note = "eager PyTorch (--compile: 2-3x the structures/s after minutes of compilation)"
+        self.step_note = "eager PyTorch (--compile: ~2x the structures/s after minutes of compilation)"
         if options.compile:
             from so3krates.model.compiled_step import compiled_forces
             self.compiled, self.step_note = compiled_forces(self.potential, self.train_graphs, options.batch_size)
@@ -536,13 +536,11 @@ class Trainer:
     def _evaluate(self, batch: Dict[str, Any]) -> Dict[str, torch.Tensor]:
         stress = trains_stress(self.options, batch)
         if self.compiled is not None:
+            from so3krates.model.compiled_step import CompileError
             try:
                 return self.compiled.evaluate(batch, stress)
-            except Exception as e:   # noqa: BLE001 - torch.compile's failures have no common type
-                if self.compiled.compiled_once:
-                    raise
-                self.step_note = (f"uncompiled: torch.compile failed ({type(e).__name__}: "
-                                  f"{(str(e).splitlines() or [''])[0][:200]})")
+            except CompileError as e:
+                self.step_note = f"uncompiled: torch.compile failed ({e})"
                 self._report(f"--compile: {self.step_note}")
                 self.compiled = None
         return self.potential.evaluate_edges(batch["positions"], batch["species"], batch["idx_i"], batch["idx_j"],

@@ -72,7 +72,7 @@ def register(subparsers) -> None:
     p.add_argument("--threads", type=int, help="torch CPU threads (default: up to 2)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
     p.add_argument("--compile", action="store_true", help="compile the training step with torch.compile (needs a C++ "
-                   "compiler; the first step takes minutes, then 2-4x faster steps; short-range models only)")
+                   "compiler; the first step takes minutes, then ~2x faster steps; short-range models only)")
     p.add_argument("--test", help="test data: evaluated with the best weights at the end (test_errors.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; one line per epoch")
     p.set_defaults(func=main)

@@ -56,3 +56,19 @@ def test_compiled_step_gives_the_eager_loss_gradients_forces_and_virial(data, tm
     assert all(math.isfinite(row["train_loss"]) for row in trainer.history)
     assert any(not torch.equal(a, b) for a, b in zip(before, trainer.potential.parameters()))
     assert "training step: compiled with torch.compile" in (tmp_path / "run" / "summary.txt").read_text()
+
+
+def test_a_failed_compilation_falls_back_to_the_eager_step_and_says_so(data, tmp_path, capsys):
+    """If torch.compile fails on the first step (e.g. no C++ compiler: simulated by a function that
+    raises as inductor does), the run reports it and trains eagerly."""
+    trainer = Trainer(TrainOptions(train=str(data), out=str(tmp_path / "run"), preset="tiny", batch_size=4,
+                                   epochs=1, seed=3, threads=1, progress=False, compile=True))
+
+    def no_compiler(*args):
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error\nfull log ...")
+    trainer.compiled.function = no_compiler
+    trainer.out.mkdir(parents=True, exist_ok=True)
+    trainer._step(torch.arange(4))
+    assert trainer.compiled is None and trainer.schedule.steps == 1
+    assert "--compile: uncompiled: torch.compile failed (RuntimeError: InductorError: CppCompileError" in \
+        capsys.readouterr().out
