@@ -154,18 +154,14 @@ def main() -> int:
                   f"warm-up {row['warm_up_s_per_round']:.1f} s",
                   flush=True)
         now = "glibc-tuned, 1 thread"
-        if BEFORE in totals and now in totals:
-            ratio = {"data": name, "now_over_before_wall": totals[BEFORE]["wall"] / totals[now]["wall"],
-                     "now_over_before_cpu": totals[BEFORE]["cpu"] / totals[now]["cpu"]}
-            ratios.append(ratio)
-            print(f"{name:8s} now / before 12-03 (1 thread): {ratio['now_over_before_wall']:.2f}x wall, "
-                  f"{ratio['now_over_before_cpu']:.2f}x per CPU second", flush=True)
-        if COMPILED in totals and now in totals:
-            ratio = {"data": name, "compiled_over_eager_wall": totals[now]["wall"] / totals[COMPILED]["wall"],
-                     "compiled_over_eager_cpu": totals[now]["cpu"] / totals[COMPILED]["cpu"]}
-            ratios.append(ratio)
-            print(f"{name:8s} compiled / eager (1 thread): {ratio['compiled_over_eager_wall']:.2f}x wall, "
-                  f"{ratio['compiled_over_eager_cpu']:.2f}x per CPU second", flush=True)
+        for slow, fast, label, key in ((BEFORE, now, "now / before 12-03", "now_over_before"),
+                                       (now, COMPILED, "compiled / eager", "compiled_over_eager")):
+            if slow in totals and fast in totals:
+                ratio = {"data": name, f"{key}_wall": totals[slow]["wall"] / totals[fast]["wall"],
+                         f"{key}_cpu": totals[slow]["cpu"] / totals[fast]["cpu"]}
+                ratios.append(ratio)
+                print(f"{name:8s} {label} (1 thread): {ratio[key + '_wall']:.2f}x wall, "
+                      f"{ratio[key + '_cpu']:.2f}x per CPU second", flush=True)
     import torch
     result = {"command": "python benchmarks/training_throughput.py " + " ".join(sys.argv[1:]),
               "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -96,6 +96,14 @@ def ethanol(vacuum: float = 6.0, rattle: float = 0.0) -> Atoms:
     return atoms
 
 
+def hot_ethanol_frames(path: Path, frames: int, seed: int) -> Path:
+    """`frames` GFN2-xTB frames of ethanol at 800 K (tblite, about a second), written to `path`."""
+    from so3krates.model.sample import SampleSettings, resolve_structure, sample, write_frames
+    settings = SampleSettings(temperature=800, frames=frames, stride=3, equilibration=0, seed=seed)
+    write_frames(path, sample(resolve_structure("ethanol"), settings, progress=False))
+    return path
+
+
 def triclinic(atoms: Atoms, rotate: bool = True) -> Atoms:
     """A periodic structure in a generic triclinic cell: the cell sheared (atoms moved with it),
     then, with rotate, the whole system turned so that no lattice vector lies along an axis (the

@@ -6,18 +6,15 @@ import torch
 
 from so3krates.model.compiled_step import CompiledForces
 from so3krates.model.data import collate
-from so3krates.model.sample import SampleSettings, resolve_structure, sample, write_frames
 from so3krates.model.train import TrainOptions, Trainer, loss_terms
+
+from conftest import hot_ethanol_frames
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """12 GFN2-xTB frames of ethanol at 800 K."""
-    frames = sample(resolve_structure("ethanol"), SampleSettings(temperature=800, frames=12, stride=3,
-                                                                 equilibration=0, seed=2), progress=False)
-    path = tmp_path_factory.mktemp("data") / "ethanol.xyz"
-    write_frames(path, frames)
-    return path
+    return hot_ethanol_frames(tmp_path_factory.mktemp("data") / "ethanol.xyz", frames=12, seed=2)
 
 
 def test_compiled_step_gives_the_eager_loss_gradients_forces_and_virial(data, tmp_path):

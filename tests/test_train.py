@@ -10,18 +10,15 @@ import torch
 from so3krates.cli import main as cli
 from so3krates.model.checkpoint import network_from_checkpoint
 from so3krates.model.data import Structure, neighbor_pairs
-from so3krates.model.sample import SampleSettings, resolve_structure, sample, write_frames
 from so3krates.model.train import TrainOptions, Trainer, build_config, energy_shifts, parse_duration, train
+
+from conftest import hot_ethanol_frames
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     """24 GFN2-xTB frames of ethanol at 800 K (about a second of tblite)."""
-    frames = sample(resolve_structure("ethanol"), SampleSettings(temperature=800, frames=24, stride=3,
-                                                                 equilibration=0, seed=5), progress=False)
-    path = tmp_path_factory.mktemp("data") / "ethanol.xyz"
-    write_frames(path, frames)
-    return path
+    return hot_ethanol_frames(tmp_path_factory.mktemp("data") / "ethanol.xyz", frames=24, seed=5)
 
 
 def options(data, out, **kw):
