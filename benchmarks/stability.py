@@ -12,7 +12,9 @@ For each dataset (rMD17 ethanol at 500 K, 3BPA at 600 K; ../shared/data) and eac
      made by benchmarks/peers/setup.sh);
   2. run --replicas Langevin replicas of --time at the dataset's temperature from its first frame and
      apply the failure criteria of `so3krates stability` (so3krates/validation/stability.py): ours in
-     OpenMM (`stability()`, the float32 export on OpenMM's CPU platform); peers through their ASE
+     OpenMM (`stability()`, the float32 export on OpenMM's CPU platform), or with --compile in the ase
+     engine through torch.compile (the same float32 file's weights, ~3x the steps per second of a small
+     molecule); peers through their ASE
      calculators (benchmarks/stability_peer_md.py in their venv, the same criteria applied to the
      written frames by `check_frames`);
   3. report stable_fraction, the median time to failure, h(r) MAE against the training data and the
@@ -55,12 +57,13 @@ def parse_budget(text: str) -> float:
     return float(text.rstrip("smh")) * factor
 
 
-def train_ours(folder: Path, train: Path, budget_s: float, threads: int, seed: int, reuse: bool) -> Path:
+def train_ours(folder: Path, train: Path, budget_s: float, threads: int, seed: int, reuse: bool,
+               compile: bool = False) -> Path:
     checkpoint = folder / "best.ckpt"
     if not (reuse and checkpoint.is_file()):
         cmd = [str(Path(sys.executable).parent / "so3krates"), "train", "--train", str(train), "--out", str(folder),
                "--preset", "default", "--valid-fraction", "0.05", "--max-time", f"{int(budget_s)}s",
-               "--threads", str(threads), "--seed", str(seed), "--quiet", "--overwrite"]
+               "--threads", str(threads), "--seed", str(seed), "--quiet", "--overwrite"] + (["--compile"] if compile else [])
         subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     model = folder / "model_float32.pt"
     from so3krates.export import export_model
@@ -97,7 +100,8 @@ def train_peer(name: str, folder: Path, train: Path, budget_s: float, threads: i
 
 def stability_ours(model: Path, start, settings, train: Path, folder: Path, jobs: int) -> dict:
     from so3krates.validation.stability import format_report, json_report, plot_report, stability
-    report = stability(str(model), start, settings, engine="openmm", reference=str(train),
+    report = stability(str(model), start, settings, engine="ase" if settings.compile else "openmm",
+                       reference=str(train),
                        out_dir=str(folder / "replicas"), progress=False, jobs=jobs)
     print(format_report(report), flush=True)
     plot_report(report, str(folder / "stability.png"))
@@ -169,6 +173,8 @@ def main() -> int:
     ap.add_argument("--timestep", type=float, default=0.5, help="fs")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--jobs", type=int, default=1, help="replicas run at the same time (one process each)")
+    ap.add_argument("--compile", action="store_true", help="ours: train with --compile and run the MD in the ase "
+                    "engine through torch.compile (instead of OpenMM with the TorchScript file)")
     ap.add_argument("--run-dir", default="/tmp/stability_bench")
     ap.add_argument("--reuse", action="store_true", help="reuse models already trained in --run-dir")
     ap.add_argument("--out", default=str(HERE / "results" / "stability.json"))
@@ -185,14 +191,14 @@ def main() -> int:
         start.calc = None
         start.pbc, start.cell = False, np.zeros((3, 3))   # molecules: their 50 A box plays no part
         settings = StabilitySettings(temperature=temperature, time_ps=time_ps, replicas=args.replicas,
-                                     timestep_fs=args.timestep, seed=args.seed)
+                                     timestep_fs=args.timestep, seed=args.seed, compile=args.compile)
         for name in args.models:
             folder = run_dir / dataset / name
             load_before = os.getloadavg()
             began = time.perf_counter()
             print(f"{dataset} / {name}: training for {budget_s:g} s ...", flush=True)
             if name == "ours":
-                model = train_ours(folder, train, budget_s, args.threads, args.seed, args.reuse)
+                model = train_ours(folder, train, budget_s, args.threads, args.seed, args.reuse, args.compile)
                 train_wall = time.perf_counter() - began
                 report = stability_ours(model, start, settings, train, folder, args.jobs)
             else:
@@ -207,7 +213,7 @@ def main() -> int:
                    "train_data": str(train), "training_wall_s_incl_reused": round(train_wall, 1),
                    "reused_model": bool(args.reuse), "model_file": str(model), **report}
             key = {"dataset": dataset, "model": name, "budget_s": budget_s, "time_ps": time_ps,
-                   "replicas": args.replicas}
+                   "replicas": args.replicas, **({"compiled": True} if args.compile and name == "ours" else {})}
             record_run(args.out, row, key)
             print(f"{dataset} / {name}: stable fraction {report['stable_fraction']:.2f}, median time to failure "
                   f"{report['median_time_to_failure_ps']:g} ps, h(r) MAE {report['hr_mae']:.4f}, "

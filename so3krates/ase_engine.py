@@ -33,7 +33,7 @@ class AseEngine:
         from tqdm import tqdm
 
         atoms = atoms.copy()
-        atoms.calc = So3kratesCalculator(model_path, device=settings.device)
+        atoms.calc = So3kratesCalculator(model_path, device=settings.device, compile=settings.compile)
         dt = settings.timestep_fs * units.fs
         if settings.ensemble == "nve":
             dyn = VelocityVerlet(atoms, timestep=dt)

@@ -48,6 +48,7 @@ class MDSettings:
     device: str = "cpu"              # where the model runs: cpu, cuda, cuda:N
     pressure_bar: float = 1.01325    # npt: the barostat's target pressure
     barostat_period_fs: float = 500.0  # npt: relaxation time of the volume (LAMMPS Pdamp, ASE pdamp)
+    compile: bool = False            # ase engine: the model through torch.compile (model/compiled_inference.py)
 
     def validate(self) -> None:
         if self.ensemble not in ENSEMBLES:
@@ -200,12 +201,19 @@ def run_md(spec: EngineSpec, model_path: str, atoms: Atoms, settings: MDSettings
     settings.validate()
     settings.check_periodic(atoms)
     engine = get(spec.engine)
+    check_compile(spec, settings.compile)
     if spec.ranks != 1 and not engine.parallel:
         raise ValueError(f"--ranks applies to the lammps engine only, not {spec.engine}")
     if spec.ranks < 1:
         raise ValueError(f"--ranks must be >= 1, got {spec.ranks}")
     return engine.run_md(spec.model or model_path, atoms, settings, ranks=spec.ranks, progress=progress,
                          observer=observer)
+
+
+def check_compile(spec: EngineSpec, compile: bool) -> None:
+    if compile and spec.engine != "ase":
+        raise ValueError(f"--compile applies to the ase engine (torch.compile in this Python process); {spec.engine} "
+                         f"runs the exported TorchScript file: leave --compile out or use --engine ase")
 
 
 def initial_state(atoms: Atoms, temperature: float, seed: int) -> Atoms:

@@ -64,6 +64,7 @@ class StabilitySettings:
     min_distance_A: float = 0.6
     max_hr_mae: float = 0.1             # periodic: h(r) MAE over a window that counts as failure
     rdf_window_ps: float = 1.0
+    compile: bool = False               # ase engine: the model through torch.compile
 
     @property
     def steps(self) -> int:
@@ -346,7 +347,7 @@ def run_replica(model_path: str, start: Atoms, spec: EngineSpec, settings: Stabi
     atoms = initial_state(start, settings.temperature, seed)
     md = MDSettings(ensemble="nvt", temperature=settings.temperature, timestep_fs=settings.timestep_fs,
                     steps=settings.steps, friction_per_ps=settings.friction_per_ps, seed=seed,
-                    log_every=settings.check_every, traj_every=settings.check_every)
+                    log_every=settings.check_every, traj_every=settings.check_every, compile=settings.compile)
     traj = log_path = None
     if out_dir is not None:
         traj, log_path = str(out_dir / f"replica_{index}.xyz"), str(out_dir / f"replica_{index}.csv")
@@ -462,6 +463,7 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
         raise ValueError(f"--jobs must be >= 1 (got {jobs})")
     settings.validate()
     spec = EngineSpec.parse(engine)
+    engines.check_compile(spec, settings.compile)
     start = structure.copy()
     periodic = is_periodic_liquid(start)
     criterion = "rdf" if periodic else "bonds"
@@ -472,7 +474,8 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
     log(f"stability of {model_path}: {settings.replicas} replica(s) x {settings.time_ps:g} ps at "
-        f"{settings.temperature:g} K, {settings.timestep_fs:g} fs, {spec.label}, {len(start)} atoms; criterion: "
+        f"{settings.temperature:g} K, {settings.timestep_fs:g} fs, {spec.label}"
+        f"{' (compiled)' if settings.compile else ''}, {len(start)} atoms; criterion: "
         + ("h(r) over a window against " + ("the reference" if reference else "the first window")
            if periodic else f"covalent bonds within {settings.max_bond_deviation_A:g} A of the start")
         + f", no two atoms closer than {settings.min_distance_A:g} A")
@@ -488,7 +491,7 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
     deviations = [r.max_bond_deviation_A for r in replicas]
     report = {
         "model": str(model_path),
-        "engine": spec.label,
+        "engine": spec.label + (" (compiled)" if settings.compile else ""),
         "temperature_K": settings.temperature,
         "time_ps": settings.time_ps,
         "timestep_fs": settings.timestep_fs,
