@@ -13,8 +13,8 @@ For each dataset (rMD17 ethanol at 500 K, 3BPA at 600 K; ../shared/data) and eac
   2. run --replicas Langevin replicas of --time at the dataset's temperature from its first frame and
      apply the failure criteria of `so3krates stability` (so3krates/validation/stability.py): ours in
      OpenMM (`stability()`, the float32 export on OpenMM's CPU platform), or with --compile in the ase
-     engine through torch.compile (the same float32 file's weights, ~3x the steps per second of a small
-     molecule); peers through their ASE
+     engine through torch.compile (the same float32 file's weights, about twice the steps per second
+     of a small molecule); peers through their ASE
      calculators (benchmarks/stability_peer_md.py in their venv, the same criteria applied to the
      written frames by `check_frames`);
   3. report stable_fraction, the median time to failure, h(r) MAE against the training data and the
@@ -63,7 +63,8 @@ def train_ours(folder: Path, train: Path, budget_s: float, threads: int, seed: i
     if not (reuse and checkpoint.is_file()):
         cmd = [str(Path(sys.executable).parent / "so3krates"), "train", "--train", str(train), "--out", str(folder),
                "--preset", "default", "--valid-fraction", "0.05", "--max-time", f"{int(budget_s)}s",
-               "--threads", str(threads), "--seed", str(seed), "--quiet", "--overwrite"] + (["--compile"] if compile else [])
+               "--threads", str(threads), "--seed", str(seed), "--quiet", "--overwrite"]
+        cmd += ["--compile"] if compile else []
         subprocess.run(cmd, check=True, env=dict(os.environ, OMP_NUM_THREADS=str(threads)))
     model = folder / "model_float32.pt"
     from so3krates.export import export_model

@@ -3,8 +3,8 @@ calculator's `compile=True`).
 
 For a small molecule the TorchScript export spends its time between operations, not in them: a
 9-atom ethanol runs ~3,000 small operators per energy + forces, 10-20 ms on one CPU thread. Compiled,
-Inductor fuses the per-edge work into a few C++ loops: an MD step of ethanol takes ~1.6-3 ms, about 3x
-the steps per second of OpenMM with the exported file (docs/benchmarks.md, "MD speed of a small molecule").
+Inductor fuses the per-edge work into a few C++ loops: an MD step of ethanol takes ~3.5-5 ms, about
+twice the steps per second of OpenMM with the exported file (docs/benchmarks.md, "MD speed of a small molecule").
 
 As for training (compiled_step.py), the forces are a torch.func.grad inside the compiled function and
 the shapes are static: one padding atom and pairs padded with self-pairs of that atom beyond the cutoff

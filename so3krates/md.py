@@ -189,8 +189,8 @@ def register(subparsers) -> None:
     p.add_argument("--traj", help="trajectory output (extended XYZ)")
     p.add_argument("--log", help="energy log output (CSV)")
     p.add_argument("--compile", action="store_true",
-                   help="ase engine: run the model through torch.compile (several times faster for small molecules "
-                        "on a CPU, after 1-3 minutes of compilation; short-range models)")
+                   help="ase engine: run the model through torch.compile (about twice the steps per second for "
+                        "small molecules on a CPU, after 1-3 minutes of compilation; short-range models)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
 

@@ -38,7 +38,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--plot", help="plot bond deviation against time and h(r) to this image")
     p.add_argument("--compile", action="store_true", help="with --engine ase: the model through torch.compile "
-                   "(several times faster for small molecules; each replica process compiles once, 1-3 minutes)")
+                   "(about twice the steps per second for small molecules; each replica process compiles once, "
+                   "1-3 minutes)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_main)
 
