@@ -10,7 +10,7 @@ As for training (compiled_step.py), the forces are a torch.func.grad inside the 
 the shapes are static: one padding atom and pairs padded with self-pairs of that atom beyond the cutoff
 (no message, no link to a real atom). The pair count is rounded up to a bucket with headroom, so MD
 recompiles only when a structure gains many more pairs than it started with (a free molecule never:
-its bucket is capped at every pair of its atoms). Compiling takes 0.5-2 minutes on a CPU, once per
+its bucket is capped at every pair of its atoms). Compiling takes 1-3 minutes on a CPU, once per
 process (PyTorch caches the C++ kernels on disk, so a second process with the same shapes is quicker).
 Long-range models (SO3LR) are not covered.
 """

@@ -22,8 +22,9 @@ class So3kratesCalculator(Calculator):
 
     Neighbour pairs come from vesin; the model evaluates them. Periodic along any subset of
     directions; stress only for fully periodic cells. compile=True runs the model through
-    torch.compile instead of TorchScript (model/compiled_inference.py: 2-3x faster than the exported file for small
-    molecules on a CPU, after 0.5-2 minutes of compilation at the first evaluation; short-range models).
+    torch.compile instead of TorchScript (model/compiled_inference.py: 2-3x faster than the exported
+    file for small molecules on a CPU, after 1-3 minutes of compilation at the first evaluation;
+    short-range models).
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress", "energies"]

@@ -231,7 +231,8 @@ def _main(args) -> int:
         writer.close()
     etot = result.total_eV
     n = max(result.num_atoms, 1)
-    print(f"{args.engine}{' (compiled)' if args.compile else ''}: {args.steps} steps of {args.timestep} fs ({args.ensemble}) on {result.num_atoms} atoms "
+    engine = args.engine + (" (compiled)" if args.compile else "")
+    print(f"{engine}: {args.steps} steps of {args.timestep} fs ({args.ensemble}) on {result.num_atoms} atoms "
           f"in {result.wall_time_s:.1f} s; total energy {etot[0]:.6f} -> {etot[-1]:.6f} eV "
           f"({(etot[-1] - etot[0]) / n * 1000:.4f} meV/atom)")
     return 0
