@@ -16,13 +16,12 @@ Long-range models (SO3LR) are not covered.
 """
 from __future__ import annotations
 
-import logging
 import math
 from typing import Dict, Optional, Tuple
 
 import torch
 
-from so3krates.model.compiled_step import _skip_inductor_loop_split
+from so3krates.model.compiled_step import compile_function, padded_inputs
 from so3krates.model.layers import set_fused
 from so3krates.model.network import So3krates
 from so3krates.model.potential import Potential, half_pairs
@@ -56,12 +55,9 @@ class CompiledPotential:
         self.max_pairs = 0
         self.num_atoms = -1
         self.compilations = 0
-        _skip_inductor_loop_split()
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
         # cpp_wrapper: the generated code calls its kernels from C++ rather than Python, 20-35 % less
         # time per evaluation of a small molecule (compiling takes longer).
-        self.function = torch.compile(self._energies_and_gradient, fullgraph=True, dynamic=False,
-                                      options={"cpp_wrapper": True})
+        self.function = compile_function(self._energies_and_gradient, options={"cpp_wrapper": True})
 
     def _energies_and_gradient(self, vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
                                species: torch.Tensor, weight: torch.Tensor):
@@ -83,16 +79,8 @@ class CompiledPotential:
         if n != self.num_atoms or e > self.max_pairs:
             self.num_atoms, self.max_pairs = n, pair_bucket(e, n, periodic)
             self.compilations += 1
-        pad = n   # the padding atom
-        padded = vectors.new_zeros((self.max_pairs, 3))
-        padded[:e] = vectors
-        padded[e:, 0] = self.pad_length
-        pad_index = torch.full((self.max_pairs - e,), pad, dtype=torch.long, device=positions.device)
-        padded_species = torch.cat([species.to(torch.long), species.new_zeros(1, dtype=torch.long)])
-        weight = torch.ones(n + 1, dtype=torch.float64, device=positions.device)
-        weight[n] = 0.0
-        energies, gradient = self.function(padded, torch.cat([idx_i, pad_index]), torch.cat([idx_j, pad_index]),
-                                           padded_species, weight)
+        energies, gradient = self.function(*padded_inputs(vectors, idx_i, idx_j, species, n + 1, self.max_pairs,
+                                                          self.pad_length))
         energies, g = energies[:n], gradient[:e]
         forces = torch.zeros((n, 3), dtype=g.dtype, device=g.device).index_add(0, idx_i, g).index_add(0, idx_j, -g)
         out = {"energy": energies.sum().unsqueeze(0), "energies": energies, "forces": forces}

@@ -39,6 +39,32 @@ def _skip_inductor_loop_split() -> None:
         CppScheduling.try_loop_split = lambda self, nodes: nodes
 
 
+def compile_function(function, **options):
+    """torch.compile of a function of fixed shapes, on this model's kernels (fullgraph, static shapes)."""
+    _skip_inductor_loop_split()
+    # Inductor's C++ build asks torch.utils.cpp_extension, which warns on every CPU-only machine that
+    # it found no CUDA runtime: noise in a training log.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    return torch.compile(function, fullgraph=True, dynamic=False, **options)
+
+
+def padded_inputs(vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor, species: torch.Tensor,
+                  max_atoms: int, max_pairs: int, pad_length: float):
+    """The edges and atoms padded to the compiled shapes: the last atom is the padding atom (weight 0),
+    the extra pairs its self-pairs at pad_length (beyond the cutoff). -> vectors, idx_i, idx_j, species,
+    weight (float64, 1 for the real atoms)."""
+    n, e, device = species.shape[0], vectors.shape[0], vectors.device
+    padded_vectors = vectors.new_zeros((max_pairs, 3))
+    padded_vectors[:e] = vectors
+    padded_vectors[e:, 0] = pad_length
+    pad_index = torch.full((max_pairs - e,), max_atoms - 1, dtype=torch.long, device=device)
+    padded_species = torch.zeros(max_atoms, dtype=torch.long, device=device)
+    padded_species[:n] = species
+    weight = torch.zeros(max_atoms, dtype=torch.float64, device=device)
+    weight[:n] = 1.0
+    return padded_vectors, torch.cat([idx_i, pad_index]), torch.cat([idx_j, pad_index]), padded_species, weight
+
+
 class CompileError(RuntimeError):
     """torch.compile failed on the first call (no C++ compiler, an unsupported PyTorch, ...)."""
 
@@ -57,11 +83,7 @@ class CompiledForces:
         self.max_atoms = sum(atoms[-batch_size:]) + 1        # + the padding atom, always present
         self.max_pairs = sum(pairs[-batch_size:])
         self.pad_length = float(self.network.config.cutoff) + 1.0
-        _skip_inductor_loop_split()
-        # Inductor's C++ build asks torch.utils.cpp_extension, which warns on every CPU-only machine that
-        # it found no CUDA runtime: noise in a training log.
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-        self.function = torch.compile(self._energies_and_gradient, fullgraph=True, dynamic=False)
+        self.function = compile_function(self._energies_and_gradient)
         self.compiled_once = False
 
     def _energies_and_gradient(self, params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor],
@@ -81,21 +103,12 @@ class CompiledForces:
         if n >= self.max_atoms or e > self.max_pairs:
             raise ValueError(f"a batch of {n} atoms and {e} pairs is larger than the compiled step's "
                              f"{self.max_atoms - 1} atoms and {self.max_pairs} pairs")
-        pad = self.max_atoms - 1
-        device, long = positions.device, torch.long
-        padded_vectors = vectors.new_zeros((self.max_pairs, 3))
-        padded_vectors[:e] = vectors
-        padded_vectors[e:, 0] = self.pad_length
-        pad_index = torch.full((self.max_pairs - e,), pad, dtype=long, device=device)
-        species = torch.zeros(self.max_atoms, dtype=long, device=device)
-        species[:n] = batch["species"]
-        weight = torch.zeros(self.max_atoms, dtype=torch.float64, device=device)
-        weight[:n] = 1.0
+        device = positions.device
+        padded = padded_inputs(vectors, idx_i, idx_j, batch["species"], self.max_atoms, self.max_pairs,
+                               self.pad_length)
         try:
             energies, gradient = self.function(dict(self.network.named_parameters()),
-                                               dict(self.network.named_buffers()), padded_vectors,
-                                               torch.cat([idx_i, pad_index]), torch.cat([idx_j, pad_index]),
-                                               species, weight)
+                                               dict(self.network.named_buffers()), *padded)
         except Exception as e:   # noqa: BLE001 - torch.compile's failures have no common type
             if self.compiled_once:
                 raise

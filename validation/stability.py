@@ -473,9 +473,9 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
     if out_dir is not None:
         folder = Path(out_dir)
         folder.mkdir(parents=True, exist_ok=True)
+    engine_label = spec.label + (" (compiled)" if settings.compile else "")
     log(f"stability of {model_path}: {settings.replicas} replica(s) x {settings.time_ps:g} ps at "
-        f"{settings.temperature:g} K, {settings.timestep_fs:g} fs, {spec.label}"
-        f"{' (compiled)' if settings.compile else ''}, {len(start)} atoms; criterion: "
+        f"{settings.temperature:g} K, {settings.timestep_fs:g} fs, {engine_label}, {len(start)} atoms; criterion: "
         + ("h(r) over a window against " + ("the reference" if reference else "the first window")
            if periodic else f"covalent bonds within {settings.max_bond_deviation_A:g} A of the start")
         + f", no two atoms closer than {settings.min_distance_A:g} A")
@@ -491,7 +491,7 @@ def stability(model_path: str, structure: Atoms, settings: StabilitySettings, en
     deviations = [r.max_bond_deviation_A for r in replicas]
     report = {
         "model": str(model_path),
-        "engine": spec.label + (" (compiled)" if settings.compile else ""),
+        "engine": engine_label,
         "temperature_K": settings.temperature,
         "time_ps": settings.time_ps,
         "timestep_fs": settings.timestep_fs,
