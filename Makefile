@@ -17,11 +17,16 @@ all: install
 
 install: $(STAMP)
 
+# torch's CUDA dependencies are ~3 GB of wheels: a download cut off part-way (seen on CI) is retried
+# as a whole, up to three times, before the install fails.
+PIP_INSTALL = for attempt in 1 2 3; do $(PY) -m pip install --quiet --resume-retries 10 $(1) && break; \
+	test $$attempt -lt 3 || exit 1; echo "pip install failed (attempt $$attempt of 3); retrying in 30 s"; sleep 30; done
+
 $(STAMP): $(INSTALL_INPUTS)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet $(BUILD_DEPS)
-	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	$(call PIP_INSTALL,$(BUILD_DEPS))
+	$(call PIP_INSTALL,--no-build-isolation -e '.[test]')
 	@touch $(STAMP)
 
 # The whole suite, with the 15 slowest tests listed so that a slow one is seen.

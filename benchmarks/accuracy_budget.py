@@ -16,8 +16,12 @@ with benchmarks/peers/accuracy.py's code (their own CLIs and defaults, stopped a
 benchmarks/peers/.venv exists (benchmarks/peers/setup.sh), on the same training file.
 With --compile, ours trains with `so3krates train --compile` (the compiled step; its compilation
 counts in the budget) and its rows are "ours (S, compiled)".
-With --parallel, all our schedules of one dataset and budget train at the same time (each on one
+--variants compares training options against each other: each entry is a string of extra
+`so3krates train` options ("" for the defaults), e.g. --variants "" "--lr 4e-3 --forces-weight 1000";
+each (schedule, variant) is one run, labelled with its options. --seeds repeats everything per seed.
+With --parallel, all our runs of one dataset, budget and seed train at the same time (each on one
 thread), so that the load of a shared machine falls on them alike; otherwise one after another.
+Compiled runs each get an empty compile cache of their own, so compilation counts in every budget.
 Results: one entry per (dataset, budget) in --json, with the load averages. Each row also has
 `file_frames_per_s`: epochs finished x frames in the training file / training seconds, the same
 measure of training throughput for all three models (each holds out its own validation frames, and
@@ -30,6 +34,7 @@ import argparse
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 from datetime import datetime, timezone
@@ -84,10 +89,11 @@ def peer_copy(path: Path, folder: Path, unit: str) -> Path:
     return out
 
 
-def ours_command(train: Path, folder: Path, budget_s: float, schedule: str, seed: int, compiled: bool = False):
+def ours_command(train: Path, folder: Path, budget_s: float, schedule: str, seed: int, compiled: bool = False,
+                 variant: str = ""):
     return [str(OURS), "train", "--train", str(train), "--out", str(folder), "--preset", "default", "--max-time",
             f"{int(budget_s)}s", "--threads", "1", "--seed", str(seed), "--schedule", schedule, "--quiet",
-            "--overwrite"] + (["--compile"] if compiled else [])
+            "--overwrite"] + (["--compile"] if compiled else []) + shlex.split(variant)
 
 
 def ours_row(folder: Path, test: Path, unit: str, proc) -> dict:
@@ -109,6 +115,35 @@ def ours_row(folder: Path, test: Path, unit: str, proc) -> dict:
     return row
 
 
+def train_ours(args, name, train, test, unit, budget_s, seed, train_frames, run_dir, env) -> list:
+    """One run per (schedule, variant), side by side with --parallel; their rows."""
+    runs = {}
+    for schedule in args.schedules:
+        for number, variant in enumerate(args.variants):
+            label = f"ours ({schedule}{', compiled' if args.compile else ''})" + (f" {variant}" if variant else "")
+            folder = run_dir / (f"{name}_{int(budget_s)}s_ours_{schedule}{'_compiled' if args.compile else ''}"
+                                + (f"_v{number}" if variant else "") + (f"_seed{seed}" if seed else ""))
+            runs[label] = (folder, schedule, variant)
+    procs = {}
+    for label, (folder, schedule, variant) in runs.items():
+        folder.mkdir(parents=True, exist_ok=True)
+        run_env = dict(env, TORCHINDUCTOR_CACHE_DIR=str(folder / "inductor_cache")) if args.compile else env
+        log = open(folder.parent / f"{folder.name}.log", "w")
+        procs[label] = subprocess.Popen(ours_command(train, folder, budget_s, schedule, seed, args.compile, variant),
+                                        stdout=log, stderr=subprocess.STDOUT, env=run_env)
+        if not args.parallel:
+            procs[label].wait()
+    rows = []
+    for label, proc in procs.items():
+        proc.wait()
+        row = {"model": label, **ours_row(runs[label][0], test, unit, proc)}
+        if row.get("train_s"):
+            row["file_frames_per_s"] = row["epochs"] * train_frames / row["train_s"]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", nargs="+", default=["ethanol", "3bpa"], choices=["ethanol", "3bpa"])
@@ -118,7 +153,9 @@ def main() -> int:
                    choices=["ours", "so3krates-torch", "mace"])
     p.add_argument("--parallel", action="store_true")
     p.add_argument("--compile", action="store_true", help="ours with `so3krates train --compile`")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variants", nargs="+", default=[""],
+                   help='extra `so3krates train` options per run, "" for the defaults')
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
     p.add_argument("--run-dir", default="/tmp/accuracy_budget")
     p.add_argument("--json", default=str(HERE / "results" / "accuracy_budget.json"))
     args = p.parse_args()
@@ -128,31 +165,13 @@ def main() -> int:
     for name in args.data:
         train, test, unit = prepare(name, run_dir / "data")
         train_frames = count_frames(train)
-        for budget in args.budgets:
+        for budget, seed in [(b, s) for b in args.budgets for s in args.seeds]:
             budget_s = parse_budget(budget)
             started = datetime.now(timezone.utc).isoformat(timespec="seconds")
             load_before = os.getloadavg()
             rows = []
             if "ours" in args.models:
-                suffix = "_compiled" if args.compile else ""
-                folders = {s: run_dir / f"{name}_{int(budget_s)}s_ours_{s}{suffix}" for s in args.schedules}
-                procs = {}
-                for schedule, folder in folders.items():
-                    folder.mkdir(parents=True, exist_ok=True)
-                    log = open(folder.parent / f"{folder.name}.log", "w")
-                    procs[schedule] = subprocess.Popen(ours_command(train, folder, budget_s, schedule, args.seed,
-                                                                    args.compile),
-                                                       stdout=log, stderr=subprocess.STDOUT, env=env)
-                    if not args.parallel:
-                        procs[schedule].wait()
-                for schedule, proc in procs.items():
-                    proc.wait()
-                    label = f"ours ({schedule}, compiled)" if args.compile else f"ours ({schedule})"
-                    row = {"model": label, **ours_row(folders[schedule], test, unit, proc)}
-                    if row.get("train_s"):
-                        row["file_frames_per_s"] = row["epochs"] * train_frames / row["train_s"]
-                    print(json.dumps(row), flush=True)
-                    rows.append(row)
+                rows += train_ours(args, name, train, test, unit, budget_s, seed, train_frames, run_dir, env)
             peers = [m for m in args.models if m != "ours"]
             if peers and not peers_venv.is_dir():
                 print(f"peers skipped: {peers_venv} does not exist (benchmarks/peers/setup.sh installs them)")
@@ -162,7 +181,7 @@ def main() -> int:
                 peer_test = peer_copy(test, run_dir / "data", unit)
                 for model in peers:
                     path, info = train_peer(model, run_dir / f"{name}_{int(budget_s)}s_{model}", peer_train,
-                                            budget_s, env, args.seed)
+                                            budget_s, env, seed)
                     row = {"model": model, **info}
                     if info.get("latest_checkpoint_epoch") is not None and info.get("train_seconds"):
                         row["file_frames_per_s"] = (info["latest_checkpoint_epoch"] + 1) * train_frames / info["train_seconds"]
@@ -170,12 +189,15 @@ def main() -> int:
                         row["test"] = evaluate(model, path, peer_test)
                     print(json.dumps(row), flush=True)
                     rows.append(row)
-            result = {"command": "python benchmarks/accuracy_budget.py " + " ".join(sys.argv[1:]),
-                      "date": started, "parallel": args.parallel, "train_data": str(train), "test_data": str(test),
-                      "loadavg_before": load_before, "loadavg_after": os.getloadavg(), "rows": rows}
-            record_run(args.json, result, {"data": name, "budget_s": budget_s,
-                                           "models": sorted(r["model"] for r in rows)})
-            print(f"wrote {args.json} ({name}, {budget})")
+            result = {"command": "python benchmarks/accuracy_budget.py " + shlex.join(sys.argv[1:]),
+                      "date": started, "parallel": args.parallel, "seed": seed, "train_data": str(train),
+                      "test_data": str(test), "loadavg_before": load_before, "loadavg_after": os.getloadavg(),
+                      "rows": rows}
+            key = {"data": name, "budget_s": budget_s, "models": sorted(r["model"] for r in rows)}
+            if seed != 0:
+                key["seed"] = seed
+            record_run(args.json, result, key)
+            print(f"wrote {args.json} ({name}, {budget}, seed {seed})")
     return 0
 
 
