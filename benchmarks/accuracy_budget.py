@@ -184,7 +184,8 @@ def main() -> int:
                                             budget_s, env, seed)
                     row = {"model": model, **info}
                     if info.get("latest_checkpoint_epoch") is not None and info.get("train_seconds"):
-                        row["file_frames_per_s"] = (info["latest_checkpoint_epoch"] + 1) * train_frames / info["train_seconds"]
+                        epochs = info["latest_checkpoint_epoch"] + 1
+                        row["file_frames_per_s"] = epochs * train_frames / info["train_seconds"]
                     if path is not None:
                         row["test"] = evaluate(model, path, peer_test)
                     print(json.dumps(row), flush=True)

@@ -24,7 +24,7 @@ import torch
 from so3krates.model.compiled_step import compile_function, padded_inputs
 from so3krates.model.layers import set_fused
 from so3krates.model.network import So3krates
-from so3krates.model.potential import Potential, half_pairs
+from so3krates.model.potential import Potential, edge_forces, edge_virial, half_pairs
 
 HEADROOM = 1.15     # pairs compiled for, relative to the first structure's
 BUCKET = 32         # ... rounded up to a multiple of this
@@ -82,11 +82,9 @@ class CompiledPotential:
         energies, gradient = self.function(*padded_inputs(vectors, idx_i, idx_j, species, n + 1, self.max_pairs,
                                                           self.pad_length))
         energies, g = energies[:n], gradient[:e]
-        forces = torch.zeros((n, 3), dtype=g.dtype, device=g.device).index_add(0, idx_i, g).index_add(0, idx_j, -g)
-        out = {"energy": energies.sum().unsqueeze(0), "energies": energies, "forces": forces}
+        out = {"energy": energies.sum().unsqueeze(0), "energies": energies, "forces": edge_forces(n, idx_i, idx_j, g)}
         if compute_virial:
-            virial = -(vectors.unsqueeze(-1) * g.unsqueeze(-2)).sum(0).unsqueeze(0)
-            out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
+            out["virial"] = edge_virial(vectors, g, idx_i)
         return out
 
 

@@ -148,17 +148,9 @@ class Potential(nn.Module):
                 vectors = torch.cat([vectors, lr_vectors])
                 g = torch.cat([g, g_lr])
             if compute_forces:
-                forces = torch.zeros_like(pos).index_add_(0, idx_i, g).index_add_(0, idx_j, -g)
-                out["forces"] = forces
+                out["forces"] = edge_forces(pos.shape[0], idx_i, idx_j, g)
             if compute_virial:
-                # W = -sum_e r_e (x) dE/dr_e, in eV (LAMMPS sign convention: W = V * pressure tensor).
-                outer = -(vectors.unsqueeze(-1) * g.unsqueeze(-2))
-                if batch is None:
-                    virial = outer.sum(0).unsqueeze(0)
-                else:
-                    edge_graph = batch.index_select(0, idx_i)
-                    virial = torch.zeros((num_graphs, 3, 3), dtype=g.dtype, device=g.device).index_add_(0, edge_graph, outer)
-                out["virial"] = 0.5 * (virial + virial.transpose(1, 2))
+                out["virial"] = edge_virial(vectors, g, idx_i, batch, num_graphs)
         return out
 
     # ---- Stages, for engines that drive the layers themselves (the LAMMPS pair style: one rank
@@ -301,6 +293,24 @@ class Potential(nn.Module):
             lr_i, lr_j, lr_shifts = half_pairs(pairs[3], pairs[4], pairs[5])
             lr_vectors = self.edge_vectors(positions, lr_i, lr_j, lr_shifts)
         return self.network(vectors, idx_i, idx_j, species, True, lr_vectors, lr_i, lr_j).sum()
+
+
+def edge_forces(num_atoms: int, idx_i: torch.Tensor, idx_j: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Forces (N, 3) from dE/dr_e of the pair vectors r_e = R_j - R_i (+ shift)."""
+    return torch.zeros((num_atoms, 3), dtype=g.dtype, device=g.device).index_add_(0, idx_i, g).index_add_(0, idx_j, -g)
+
+
+def edge_virial(vectors: torch.Tensor, g: torch.Tensor, idx_i: torch.Tensor, batch: Optional[torch.Tensor] = None,
+                num_graphs: int = 1) -> torch.Tensor:
+    """Virial (graphs, 3, 3) in eV, symmetrised: W = -sum_e r_e (x) dE/dr_e (LAMMPS sign convention:
+    W = V * pressure tensor)."""
+    outer = -(vectors.unsqueeze(-1) * g.unsqueeze(-2))
+    if batch is None:
+        virial = outer.sum(0).unsqueeze(0)
+    else:
+        edge_graph = batch.index_select(0, idx_i)
+        virial = torch.zeros((num_graphs, 3, 3), dtype=g.dtype, device=g.device).index_add_(0, edge_graph, outer)
+    return 0.5 * (virial + virial.transpose(1, 2))
 
 
 def edge_geometry(geometry: List[torch.Tensor]) -> EdgeGeometry:
