@@ -28,6 +28,7 @@ from ase.io import read, write
 
 from so3krates.cli import main as cli
 from so3krates.export import NotASo3kratesModel, export_model, read_metadata
+from so3krates.model.train import TrainOptions
 from so3krates.structures import read_structure
 
 from conftest import random_network
@@ -266,8 +267,9 @@ def test_train_overwrite_replaces_the_earlier_run(capsys, data, run, tmp_path):
 
 
 @pytest.mark.parametrize("flag, value, stored", [
-    ("--lr", "0.001", "0.002"), ("--preset", "small", "'tiny'"), ("--batch-size", "2", "4"),
-    ("--dtype", "float64", "'float32'"), ("--energy-weight", "5", "1.0"), ("--forces-weight", "1", "100.0"),
+    ("--lr", "0.001", repr(TrainOptions.lr)), ("--preset", "small", "'tiny'"), ("--batch-size", "2", "4"),
+    ("--dtype", "float64", "'float32'"), ("--energy-weight", "5", "1.0"),
+    ("--forces-weight", "1", repr(TrainOptions.forces_weight)),
 ], ids=["lr", "preset", "batch size", "dtype", "energy weight", "forces weight"])
 def test_resume_refuses_changed_flags(capsys, data, run, tmp_path, flag, value, stored):
     out = copy_run(run, tmp_path / "r")
