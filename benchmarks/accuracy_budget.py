@@ -15,7 +15,8 @@ Ours: `so3krates train --preset default --max-time BUDGET --threads 1 --schedule
 with benchmarks/peers/accuracy.py's code (their own CLIs and defaults, stopped at the budget) when
 benchmarks/peers/.venv exists (benchmarks/peers/setup.sh), on the same training file.
 With --compile, ours trains with `so3krates train --compile` (the compiled step; its compilation
-counts in the budget) and its rows are "ours (S, compiled)".
+counts in the budget) and its rows are "ours (S, compiled)"; without it, with `--no-compile` (the eager
+step: `so3krates train` alone compiles runs of 15 minutes or more).
 --variants compares training options against each other: each entry is a string of extra
 `so3krates train` options ("" for the defaults), e.g. --variants "" "--lr 4e-3 --forces-weight 1000";
 each (schedule, variant) is one run, labelled with its options. --seeds repeats everything per seed.
@@ -93,7 +94,7 @@ def ours_command(train: Path, folder: Path, budget_s: float, schedule: str, seed
                  variant: str = ""):
     return [str(OURS), "train", "--train", str(train), "--out", str(folder), "--preset", "default", "--max-time",
             f"{int(budget_s)}s", "--threads", "1", "--seed", str(seed), "--schedule", schedule, "--quiet",
-            "--overwrite"] + (["--compile"] if compiled else []) + shlex.split(variant)
+            "--overwrite"] + (["--compile"] if compiled else ["--no-compile"]) + shlex.split(variant)
 
 
 def ours_row(folder: Path, test: Path, unit: str, proc) -> dict:
@@ -152,7 +153,8 @@ def main() -> int:
     p.add_argument("--models", nargs="+", default=["ours", "so3krates-torch", "mace"],
                    choices=["ours", "so3krates-torch", "mace"])
     p.add_argument("--parallel", action="store_true")
-    p.add_argument("--compile", action="store_true", help="ours with `so3krates train --compile`")
+    p.add_argument("--compile", action="store_true", help="ours with `so3krates train --compile` (without it: "
+                   "--no-compile, the eager step, as in the rows before `train` chose by the budget)")
     p.add_argument("--variants", nargs="+", default=[""],
                    help='extra `so3krates train` options per run, "" for the defaults')
     p.add_argument("--seeds", nargs="+", type=int, default=[0])

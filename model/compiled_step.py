@@ -127,6 +127,39 @@ class CompiledForces:
         return out
 
 
+# `so3krates train` without --compile / --no-compile decides by the run's length. Compilation takes ~4 minutes
+# on a shared CPU core, then a step is 1.8-2.5x faster (docs/benchmarks.md, "A compiled step"): it breaks
+# even near 10 minutes of training, and gave 24 % (ethanol) and 10 % (3BPA) lower force errors in 20.
+AUTO_MIN_SECONDS = 900.0
+# Runs given by --epochs alone: an eager step of a small molecule takes ~0.05-0.3 s on one core, so
+# 10,000 steps are 10 to 50 minutes.
+AUTO_MIN_STEPS = 10_000
+# Every batch is padded to the largest one: when the padded pairs exceed the mean batch's by more than
+# this factor (data of very different sizes), the padding costs what the fused kernels gain.
+AUTO_MAX_PADDING = 1.5
+
+
+def automatic_choice(device: torch.device, seconds_left: Optional[float], steps_left: Optional[int], graphs: Sequence,
+                     batch_size: int) -> Tuple[bool, str]:
+    """Whether to compile the step of a run that asked neither --compile nor --no-compile, and why."""
+    if device.type != "cpu":
+        return False, "the compiled step is measured on CPUs only"
+    long_enough = []
+    if seconds_left is not None:
+        long_enough.append(seconds_left >= AUTO_MIN_SECONDS)
+    if steps_left is not None:
+        long_enough.append(steps_left >= AUTO_MIN_STEPS)
+    if not all(long_enough):
+        return False, (f"a run shorter than {AUTO_MIN_SECONDS / 60:.0f} minutes of --max-time or "
+                       f"{AUTO_MIN_STEPS:,} steps of --epochs does not repay the minutes of compilation")
+    pairs = sorted(len(g.idx_i) // 2 for g in graphs)
+    padded, mean = sum(pairs[-batch_size:]), batch_size * sum(pairs) / max(len(pairs), 1)
+    if padded > AUTO_MAX_PADDING * mean:
+        return False, (f"structures of very different sizes: every batch would be padded to {padded} pairs, "
+                       f"{padded / mean:.1f}x the mean batch")
+    return True, "a long run"
+
+
 def compiled_forces(potential: Potential, graphs: Sequence, batch_size: int) -> Tuple[Optional[CompiledForces], str]:
     """(CompiledForces or None, a line for the start-up summary that says which and why)."""
     try:

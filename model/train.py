@@ -73,7 +73,7 @@ class TrainOptions:
     overwrite: bool = False              # replace the run files already in `out`
     test: Optional[str] = None           # evaluated with the best weights at the end -> test_errors.json
     device: str = "cpu"                  # cpu | cuda | cuda:N
-    compile: bool = False                # torch.compile the step's model evaluation (model/compiled_step.py)
+    compile: Optional[bool] = None       # torch.compile the step (model/compiled_step.py); None: by the budget
     given: Optional[List[str]] = None    # options set explicitly (the CLI); None: all (compared on resume)
 
     def validate(self) -> None:
@@ -324,6 +324,7 @@ class Trainer:
         self._set_up_optimisation(network.to(self.device))
         if resume is not None:
             self._restore(resume)
+        self._choose_step()
         for f in earlier:   # --overwrite: only now that the new run is set up (a bad flag keeps the old run)
             f.unlink()
         self.out.mkdir(parents=True, exist_ok=True)
@@ -446,10 +447,6 @@ class Trainer:
         self.n_batches = math.ceil(len(self.train_graphs) / options.batch_size)
         self.train_sizes = [len(g.species) for g in self.train_graphs]
         self.compiled = None
-        self.step_note = "eager PyTorch (--compile: ~2x the structures/s after minutes of compilation)"
-        if options.compile:
-            from so3krates.model.compiled_step import compiled_forces
-            self.compiled, self.step_note = compiled_forces(self.potential, self.train_graphs, options.batch_size)
         self.schedule = make_schedule(options.schedule, options.lr, options.min_lr, options.warmup_steps,
                                       options.plateau_patience, options.plateau_factor, *self._budget(),
                                       options.decay_fraction)
@@ -460,6 +457,22 @@ class Trainer:
         self.sums = {"loss": 0.0, "e_mse": 0.0, "f_mse": 0.0, "n": 0, "structures": 0, "atoms": 0, "seconds": 0.0}
         self.history: List[Dict[str, float]] = []
         self.best_loss = math.inf
+
+    def _choose_step(self) -> None:
+        """The compiled or the eager step: --compile / --no-compile, or chosen by what is left of the run."""
+        from so3krates.model.compiled_step import automatic_choice, compiled_forces
+        o = self.options
+        wanted, why = o.compile, "--compile" if o.compile else "--no-compile"
+        if wanted is None:
+            steps, seconds = self._budget()
+            wanted, why = automatic_choice(self.device, None if seconds is None else seconds - self.elapsed,
+                                           None if steps is None else steps - self.schedule.steps,
+                                           self.train_graphs, o.batch_size)
+            why = f"automatic: {why}; --{'no-' if wanted else ''}compile to change"
+        self.step_note = f"eager PyTorch ({why})"
+        if wanted:
+            self.compiled, note = compiled_forces(self.potential, self.train_graphs, o.batch_size)
+            self.step_note = note if self.compiled is None else f"{note} ({why})"
 
     def _budget(self):
         """(optimizer steps, seconds) the run may take: the plan of a budget schedule."""

@@ -1,6 +1,7 @@
 """`so3krates train`: train on reference data; the run folder gets best.ckpt, last.ckpt, metrics."""
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 from typing import Any, Dict
@@ -18,7 +19,7 @@ TRAINING_TYPES: Dict[str, Any] = {
     "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
     "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
     "threads": (int, None), "energy_only": bool, "stress_weight": float, "schedule": str, "test": (str, None),
-    "device": str, "decay_fraction": float, "compile": bool,
+    "device": str, "decay_fraction": float, "compile": (bool, None),
 }
 # A run folder's config.yaml carries the run's own bookkeeping: not a recipe.
 BOOKKEEPING_KEYS = ("train", "out", "resume", "progress", "snapshot_times", "model", "given", "overwrite")
@@ -71,8 +72,10 @@ def register(subparsers) -> None:
     p.add_argument("--dtype", choices=["float32", "float64"], help="training precision (default float32)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: up to 2)")
     p.add_argument("--device", help="cpu (default), cuda or cuda:N")
-    p.add_argument("--compile", action="store_true", help="compile the training step with torch.compile (needs a C++ "
-                   "compiler; the first step takes minutes, then ~2x faster steps; short-range models only)")
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="compile the training step with torch.compile (needs a C++ compiler; the first step takes "
+                   "minutes, then ~2x faster steps; short-range models only). Default: compiled on a CPU when the "
+                   "run has 15 minutes of --max-time or 10,000 steps of --epochs left")
     p.add_argument("--test", help="test data: evaluated with the best weights at the end (test_errors.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; one line per epoch")
     p.set_defaults(func=main)
@@ -176,7 +179,7 @@ def options_from_args(args):
         values.update(training)
     for name in TRAINING_FLAGS + ("energy_only", "compile"):
         value = getattr(args, name, None)
-        if value is not None and value is not False:   # 0 is a value (--epochs 0 is refused, not ignored)
+        if value is not None and (value is not False or name == "compile"):   # 0 is a value (--epochs 0 is refused)
             values[name] = value
     if values.get("max_time") is not None:
         values["max_time"] = parse_duration(values["max_time"])

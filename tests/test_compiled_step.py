@@ -1,4 +1,5 @@
 """`so3krates train --compile`: the compiled step (model/compiled_step.py) against the eager one."""
+import dataclasses
 import math
 
 import pytest
@@ -69,3 +70,43 @@ def test_a_failed_compilation_falls_back_to_the_eager_step_and_says_so(data, tmp
     assert trainer.compiled is None and trainer.schedule.steps == 1
     assert "--compile: uncompiled: torch.compile failed (RuntimeError: InductorError: CppCompileError" in \
         capsys.readouterr().out
+
+
+def test_without_a_flag_the_step_is_compiled_for_long_runs_of_similar_sizes_only(data, tmp_path):
+    """`so3krates train` with neither --compile nor --no-compile compiles when the run is long enough to
+    repay the compilation, on a CPU, for structures of similar sizes (the padding stays small); the
+    start-up summary says which and how to change it. (Nothing is compiled here: that happens at the first step.)"""
+    from so3krates.cli import build_parser
+    from so3krates.model.compiled_step import AUTO_MIN_SECONDS, AUTO_MIN_STEPS, automatic_choice
+    from so3krates.model.train_cli import options_from_args
+
+    def trainer(name, **options):
+        return Trainer(TrainOptions(train=str(data), out=str(tmp_path / name), preset="tiny", batch_size=4, seed=3,
+                                    threads=1, progress=False, **options))
+    short = trainer("short", epochs=2)
+    assert short.compiled is None
+    assert short.step_note.startswith("eager PyTorch (automatic: a run shorter than 15 minutes") and \
+        short.step_note.endswith("--compile to change)")
+    long = trainer("long", max_time=AUTO_MIN_SECONDS)
+    assert isinstance(long.compiled, CompiledForces) and "(automatic: a long run; --no-compile to change)" in \
+        long.step_note
+    assert trainer("long_epochs", epochs=AUTO_MIN_STEPS // long.n_batches + 1).compiled is not None
+    assert trainer("both", epochs=2, max_time=2 * AUTO_MIN_SECONDS).compiled is None   # ends after 2 epochs
+    refused = trainer("refused", max_time=AUTO_MIN_SECONDS, compile=False)
+    assert refused.compiled is None and refused.step_note == "eager PyTorch (--no-compile)"
+    assert trainer("asked", epochs=1, compile=True).compiled is not None
+
+    graphs = long.train_graphs
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert automatic_choice(cpu, AUTO_MIN_SECONDS, None, graphs, 4) == (True, "a long run")
+    assert automatic_choice(gpu, AUTO_MIN_SECONDS, None, graphs, 4)[0] is False
+    # A batch of the largest structures with 3x the mean pairs: the padding would cost what compiling gains.
+    big = dataclasses.replace(graphs[0], idx_i=graphs[0].idx_i.repeat(30), idx_j=graphs[0].idx_j.repeat(30))
+    ok, why = automatic_choice(cpu, AUTO_MIN_SECONDS, None, list(graphs) + [big] * 4, 4)
+    assert not ok and why.startswith("structures of very different sizes")
+
+    parser = build_parser()
+    command = ["train", "--train", str(data), "--out", str(tmp_path / "cli"), "--epochs", "1"]
+    assert options_from_args(parser.parse_args(command)).compile is None
+    assert options_from_args(parser.parse_args(command + ["--compile"])).compile is True
+    assert options_from_args(parser.parse_args(command + ["--no-compile"])).compile is False
