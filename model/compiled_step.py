@@ -65,6 +65,13 @@ def padded_inputs(vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tenso
     return padded_vectors, torch.cat([idx_i, pad_index]), torch.cat([idx_j, pad_index]), padded_species, weight
 
 
+def largest_batch(graphs: Sequence, batch_size: int) -> Tuple[int, int]:
+    """(atoms, half pairs) of the largest batch the graphs can form: the compiled shape."""
+    atoms = sorted(len(g.species) for g in graphs)
+    pairs = sorted(len(g.idx_i) // 2 for g in graphs)
+    return sum(atoms[-batch_size:]), sum(pairs[-batch_size:])
+
+
 class CompileError(RuntimeError):
     """torch.compile failed on the first call (no C++ compiler, an unsupported PyTorch, ...)."""
 
@@ -78,10 +85,8 @@ class CompiledForces:
             raise ValueError("--compile covers short-range models; this model has long-range terms")
         self.potential = potential
         self.network = potential.network
-        atoms = sorted(len(g.species) for g in graphs)
-        pairs = sorted(len(g.idx_i) // 2 for g in graphs)
-        self.max_atoms = sum(atoms[-batch_size:]) + 1        # + the padding atom, always present
-        self.max_pairs = sum(pairs[-batch_size:])
+        atoms, self.max_pairs = largest_batch(graphs, batch_size)
+        self.max_atoms = atoms + 1        # + the padding atom, always present
         self.pad_length = float(self.network.config.cutoff) + 1.0
         self.function = compile_function(self._energies_and_gradient)
         self.compiled_once = False
@@ -152,8 +157,8 @@ def automatic_choice(device: torch.device, seconds_left: Optional[float], steps_
     if not all(long_enough):
         return False, (f"a run shorter than {AUTO_MIN_SECONDS / 60:.0f} minutes of --max-time or "
                        f"{AUTO_MIN_STEPS:,} steps of --epochs does not repay the minutes of compilation")
-    pairs = sorted(len(g.idx_i) // 2 for g in graphs)
-    padded, mean = sum(pairs[-batch_size:]), batch_size * sum(pairs) / max(len(pairs), 1)
+    padded = largest_batch(graphs, batch_size)[1]
+    mean = batch_size * sum(len(g.idx_i) // 2 for g in graphs) / max(len(graphs), 1)
     if padded > AUTO_MAX_PADDING * mean:
         return False, (f"structures of very different sizes: every batch would be padded to {padded} pairs, "
                        f"{padded / mean:.1f}x the mean batch")
