@@ -16,7 +16,8 @@ For each dataset (rMD17 ethanol at 500 K, 3BPA at 600 K; ../shared/data) and eac
      engine through torch.compile (the same float32 file's weights, about twice the steps per second
      of a small molecule); peers through their ASE
      calculators (benchmarks/stability_peer_md.py in their venv, the same criteria applied to the
-     written frames by `check_frames`);
+     written frames by `check_frames`, every PEER_POLL_S while it runs: a replica is stopped at its
+     first failure, as ours are);
   3. report stable_fraction, the median time to failure, h(r) MAE against the training data and the
      MD speed in ns/day.
 A run folder that already holds a trained model (best.ckpt / the peer's model file) is reused
@@ -28,11 +29,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Tuple
 
 import numpy as np
 
@@ -49,6 +52,7 @@ DATASETS = {   # name: (training file, temperature K)
 }
 MODELS = ("ours", "so3krates-torch", "mace")
 PEER_MODEL_FILE = {"mace": "mace.model", "so3krates-torch": "so3krates_torch.model"}
+PEER_POLL_S = 60.0   # seconds between the checks of a running peer replica
 
 
 def parse_budget(text: str) -> float:
@@ -120,10 +124,12 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
     start_file = folder / "start.xyz"
     write(start_file, start)
     reference = reference_histogram(str(train), start, hr_range_A(start))
-    times, reasons, deviations, walls, simulated, histograms = [], [], [], [], [], []
-    running = {}
+    times, reasons, deviations, walls, simulated, simulated_ps, histograms = [], [], [], [], [], [], []
+    running, began = {}, {}
+    poll_s = PEER_POLL_S
 
     def start_replica(k: int) -> None:
+        began[k] = time.perf_counter()
         running[k] = subprocess.Popen(
             [str(python), str(HERE / "stability_peer_md.py"), "--kind", kind, str(model), str(start_file), "--out",
              str(folder / f"replica_{k}.xyz"), "--temperature", str(settings.temperature), "--time-ps",
@@ -131,23 +137,57 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
              str(settings.friction_per_ps), "--seed", str(settings.seed + k), "--check-every", str(settings.check_every)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
+    def finished_frames(path: Path):
+        """The frames written so far (the last one may be half-written: stop before it)."""
+        frames = iread(str(path), index=":", format="extxyz")
+        while True:
+            try:
+                yield next(frames)
+            except StopIteration:
+                return
+            except Exception:   # noqa: BLE001 - a frame still being written
+                return
+
+    def failed(j: int) -> bool:
+        return check_frames(finished_frames(folder / f"replica_{j}.xyz"), start, settings,
+                            reference.density())[0] is not None
+
+    def wait(k: int) -> Tuple[float, float]:
+        """Wait for replica k, stopping every running replica at its first failure (the peer script runs
+        its whole time unless the molecule flies apart, and a failed replica's remaining hours tell
+        nothing). Returns the MD wall time and the picoseconds it simulated."""
+        while running[k].poll() is None:
+            try:
+                running[k].wait(timeout=poll_s)
+            except subprocess.TimeoutExpired:
+                pass
+            for j in list(running):
+                if running[j].poll() is None and failed(j):
+                    running[j].terminate()
+        stdout, stderr = running[k].communicate()
+        stopped = running.pop(k).returncode == -signal.SIGTERM
+        if "wall_s" not in stdout and not stopped:
+            raise RuntimeError(f"{kind} MD failed: {stderr[-600:]}")
+        last_step = max((int(f.info["step"]) for f in finished_frames(folder / f"replica_{k}.xyz")), default=0)
+        wall = float(stdout.split("wall_s")[-1]) if "wall_s" in stdout else time.perf_counter() - began[k]
+        return wall, last_step * settings.timestep_fs / 1000.0
+
     for k in range(min(jobs, settings.replicas)):
         start_replica(k)
     for k in range(settings.replicas):
         traj = folder / f"replica_{k}.xyz"
-        stdout, stderr = running[k].communicate()
-        if running.pop(k).returncode:
-            raise RuntimeError(f"{kind} MD failed: {stderr[-600:]}")
+        wall, md_ps = wait(k)
         if k + jobs < settings.replicas:
             start_replica(k + jobs)
-        walls.append(float(stdout.split("wall_s")[-1]))
-        failure, watch = check_frames(iread(str(traj), index=":"), start, settings, reference.density())
+        walls.append(wall)
+        simulated_ps.append(md_ps)
+        failure, watch_k = check_frames(finished_frames(traj), start, settings, reference.density())
         failed_ps = None if failure is None else failure.step * settings.timestep_fs / 1000.0
         times.append(failed_ps)
         reasons.append(None if failure is None else failure.reason)
-        deviations.append(max(watch.bond_deviation_A) if watch.bond_deviation_A else None)
+        deviations.append(max(watch_k.bond_deviation_A) if watch_k.bond_deviation_A else None)
         simulated.append(settings.time_ps if failure is None else failed_ps)
-        histograms.append(watch.hr)
+        histograms.append(watch_k.hr)
         print(f"{kind} replica {k}: " + ("stable" if failure is None else f"failed at {failed_ps:g} ps: "
                                                                          f"{failure.reason}"), flush=True)
     pooled = histograms[0].merged(histograms[1:])
@@ -156,7 +196,7 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
             "stable_fraction": sum(t is None for t in times) / len(times), "time_to_failure_ps": times,
             "median_time_to_failure_ps": float(np.median(simulated)), "max_bond_deviation_A": deviations,
             "failures": reasons, "hr_mae": hr_mae(pooled.density(), reference.density()),
-            "ns_per_day": sum(simulated) / 1000.0 / (sum(walls) / 86400.0), "wall_s": sum(walls),
+            "ns_per_day": sum(simulated_ps) / 1000.0 / (sum(walls) / 86400.0), "wall_s": sum(walls),
             "jobs": min(jobs, settings.replicas)}
 
 
