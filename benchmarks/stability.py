@@ -27,6 +27,7 @@ Results: benchmarks/results/stability.json (one run per dataset, model, budget, 
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import platform
 import signal
@@ -116,9 +117,10 @@ def stability_ours(model: Path, start, settings, train: Path, folder: Path, jobs
 def stability_peer(kind: str, model: Path, start, settings, train: Path, folder: Path, jobs: int) -> dict:
     """The peer's MD in its venv, `jobs` replicas at a time (one thread each); the same criteria on
     its frames."""
-    from ase.io import iread, write
+    from ase.io import read, write
 
-    from so3krates.validation.stability import (check_frames, hr_mae, hr_range_A, reference_histogram)
+    from so3krates.validation.stability import (StabilityWatch, check_frames, hr_mae, hr_range_A,
+                                                reference_histogram)
     python = HERE / "peers" / ".venv" / "bin" / "python"
     folder.mkdir(parents=True, exist_ok=True)
     start_file = folder / "start.xyz"
@@ -130,6 +132,7 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
 
     def start_replica(k: int) -> None:
         began[k] = time.perf_counter()
+        followers[k] = Follower(k)
         running[k] = subprocess.Popen(
             [str(python), str(HERE / "stability_peer_md.py"), "--kind", kind, str(model), str(start_file), "--out",
              str(folder / f"replica_{k}.xyz"), "--temperature", str(settings.temperature), "--time-ps",
@@ -137,20 +140,32 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
              str(settings.friction_per_ps), "--seed", str(settings.seed + k), "--check-every", str(settings.check_every)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"))
 
-    def finished_frames(path: Path):
-        """The frames written so far (the last one may be half-written: stop before it)."""
-        frames = iread(str(path), index=":", format="extxyz")
-        while True:
-            try:
-                yield next(frames)
-            except StopIteration:
-                return
-            except Exception:   # noqa: BLE001 - a frame still being written
-                return
+    class Follower:
+        """Replica k's trajectory as it is written: new complete frames are read from where the last
+        read stopped and checked by one watch, so a check costs only the frames since the last one."""
 
-    def failed(j: int) -> bool:
-        return check_frames(finished_frames(folder / f"replica_{j}.xyz"), start, settings,
-                            reference.density())[0] is not None
+        def __init__(self, k: int):
+            self.path, self.offset, self.failure, self.last_step = folder / f"replica_{k}.xyz", 0, None, 0
+            self.watch = StabilityWatch(start, settings, reference.density())
+
+        def update(self) -> None:
+            if self.failure is not None or not self.path.is_file():
+                return
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset)
+                text = fh.read().decode()
+            lines, frames, used, i = text.split("\n")[:-1], [], 0, 0   # [:-1]: a line still being written
+            while i < len(lines) and i + 2 + int(lines[i]) <= len(lines):
+                n = int(lines[i])
+                block = "\n".join(lines[i:i + 2 + n]) + "\n"
+                frames.append(read(io.StringIO(block), format="extxyz"))
+                used, i = used + len(block.encode()), i + 2 + n
+            self.offset += used
+            if frames:
+                self.last_step = int(frames[-1].info["step"])
+            self.failure = check_frames(frames, start, settings, watch=self.watch)[0]
+
+    followers = {}
 
     def wait(k: int) -> Tuple[float, float]:
         """Wait for replica k, stopping every running replica at its first failure (the peer script runs
@@ -162,26 +177,26 @@ def stability_peer(kind: str, model: Path, start, settings, train: Path, folder:
             except subprocess.TimeoutExpired:
                 pass
             for j in list(running):
-                if running[j].poll() is None and failed(j):
+                followers[j].update()
+                if running[j].poll() is None and followers[j].failure is not None:
                     running[j].terminate()
         stdout, stderr = running[k].communicate()
         stopped = running.pop(k).returncode == -signal.SIGTERM
         if "wall_s" not in stdout and not stopped:
             raise RuntimeError(f"{kind} MD failed: {stderr[-600:]}")
-        last_step = max((int(f.info["step"]) for f in finished_frames(folder / f"replica_{k}.xyz")), default=0)
+        followers[k].update()
         wall = float(stdout.split("wall_s")[-1]) if "wall_s" in stdout else time.perf_counter() - began[k]
-        return wall, last_step * settings.timestep_fs / 1000.0
+        return wall, followers[k].last_step * settings.timestep_fs / 1000.0
 
     for k in range(min(jobs, settings.replicas)):
         start_replica(k)
     for k in range(settings.replicas):
-        traj = folder / f"replica_{k}.xyz"
         wall, md_ps = wait(k)
         if k + jobs < settings.replicas:
             start_replica(k + jobs)
         walls.append(wall)
         simulated_ps.append(md_ps)
-        failure, watch_k = check_frames(finished_frames(traj), start, settings, reference.density())
+        failure, watch_k = followers[k].failure, followers[k].watch
         failed_ps = None if failure is None else failure.step * settings.timestep_fs / 1000.0
         times.append(failed_ps)
         reasons.append(None if failure is None else failure.reason)

@@ -432,11 +432,13 @@ def run_replicas(model_path: str, start: Atoms, spec: EngineSpec, settings: Stab
 
 
 def check_frames(frames: Sequence[Atoms], start: Atoms, settings: StabilitySettings,
-                 reference_hr: Optional[np.ndarray] = None) -> Tuple[Optional[Unstable], StabilityWatch]:
+                 reference_hr: Optional[np.ndarray] = None,
+                 watch: Optional[StabilityWatch] = None) -> Tuple[Optional[Unstable], StabilityWatch]:
     """The same criteria on a trajectory written by another program (frames with info['step'], every
     settings.check_every steps; e.g. a peer model's ASE MD in its own environment): the first failure
-    (None: stable) and the watch with its figures. Frames after the first failure are not read."""
-    watch = StabilityWatch(start, settings, reference_hr)
+    (None: stable) and the watch with its figures. Frames after the first failure are not read.
+    Give the `watch` of an earlier call to go on with the frames written since (a running trajectory)."""
+    watch = StabilityWatch(start, settings, reference_hr) if watch is None else watch
     for frame in frames:
         step = int(frame.info["step"])
         energy = frame.info.get("energy")
