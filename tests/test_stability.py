@@ -6,7 +6,7 @@ import pytest
 from ase.io import read
 
 from so3krates.cli import main as cli
-from so3krates.validation.stability import (DistanceHistogram, StabilitySettings, hr_mae, hr_range_A,
+from so3krates.validation.stability import (DistanceHistogram, StabilitySettings, check_frames, hr_mae, hr_range_A,
                                             parse_stability_option, stability)
 
 from conftest import ethanol
@@ -95,6 +95,27 @@ def test_hr_mae_is_zero_for_identical_inputs_and_grows_with_the_perturbation():
             stretched.append(f)
         maes.append(hr_mae(reference, _hr(stretched, r_max)))
     assert 0.0 < maes[0] < maes[1] < maes[2] <= 2.0
+
+
+def test_checking_a_written_trajectory_in_two_parts_finds_what_one_pass_finds():
+    """check_frames on a trajectory another program writes (a peer's MD): going on with the watch of an
+    earlier call over the frames written since gives the same failure and figures as one pass."""
+    start, settings = ethanol(), StabilitySettings(temperature=500.0, time_ps=1.0)
+    frames = []
+    for k in range(12):
+        frame = ethanol(rattle=0.02 * (k % 3))
+        if k >= 9:   # pull the first hydrogen away from its carbon: the run fails at frame 9
+            frame.positions[3] += (frame.positions[3] - frame.positions[0]) * 0.3 * (k - 8)
+        frame.info["step"] = k * settings.check_every
+        frames.append(frame)
+    failure, whole = check_frames(frames, start, settings)
+    assert failure is not None and failure.step == 9 * settings.check_every and "bond" in failure.reason
+    first, watch = check_frames(frames[:5], start, settings)
+    assert first is None
+    second, watch = check_frames(frames[5:], start, settings, watch=watch)
+    assert (second.step, second.reason) == (failure.step, failure.reason)
+    assert watch.times_ps == whole.times_ps and watch.bond_deviation_A == whole.bond_deviation_A
+    assert np.array_equal(watch.hr.density(), whole.hr.density())
 
 
 def test_periodic_cell_uses_the_rdf_criterion(export_random):
