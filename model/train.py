@@ -51,6 +51,7 @@ class TrainOptions:
     batch_size: int = 16
     lr: float = 2e-3
     optimizer: str = "amsgrad"           # amsgrad | adam
+    weight_decay: float = 0.0            # decoupled (AdamW), on the weight matrices only; 0: plain Adam/AMSGrad
     energy_weight: float = 1.0           # on the squared energy error per atom (eV/atom)^2
     forces_weight: float = 100.0         # on the squared force component error (eV/A)^2
     # On the squared virial component error per atom (eV/atom)^2. 1000: a 0.1 GPa stress error in liquid water
@@ -103,6 +104,8 @@ class TrainOptions:
             raise ValueError(f"--valid-fraction must lie between 0 and 1, got {self.valid_fraction}")
         if self.batch_size < 1 or self.lr <= 0:
             raise ValueError("--batch-size must be >= 1 and --lr > 0")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ValueError(f"--weight-decay must be a finite number >= 0 (0: none), got {self.weight_decay:g}")
         if self.optimizer not in ("adam", "amsgrad"):
             raise ValueError(f"optimizer {self.optimizer!r}; choose adam or amsgrad")
         if self.energy_weight < 0 or self.forces_weight < 0 or self.energy_weight + self.forces_weight == 0:
@@ -274,6 +277,20 @@ def resume_conflicts(options: TrainOptions, stored: Dict[str, Any]) -> List[str]
     return conflicts
 
 
+def make_optimizer(potential: Potential, options: TrainOptions) -> torch.optim.Optimizer:
+    """Adam or AMSGrad; with --weight-decay, AdamW's decoupled decay (Loshchilov & Hutter 2019) on the
+    weight matrices only: biases, norms, per-element shifts/scales and ZBL coefficients are not pulled
+    to zero. fused: torch's one-kernel update instead of a Python loop over ~100 parameter tensors
+    (PyTorch picks a faster form by default only on GPUs); the same update to round-off."""
+    amsgrad = options.optimizer == "amsgrad"
+    if not options.weight_decay:
+        return torch.optim.Adam(potential.parameters(), lr=options.lr, amsgrad=amsgrad, fused=True)
+    params = list(potential.parameters())
+    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": options.weight_decay},
+              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=options.lr, amsgrad=amsgrad, fused=True)
+
+
 def absolute(path: Optional[str]) -> Optional[str]:
     return str(Path(path).resolve()) if path else path
 
@@ -350,6 +367,7 @@ class Trainer:
             stored = dict(resume["training"]["options"])
             stored.setdefault("stress_weight", 0.0)   # a run from before stress training trained none
             stored.setdefault("schedule", "plateau")   # runs started before budget planning
+            stored.setdefault("weight_decay", 0.0)     # runs started before --weight-decay
             conflicts = resume_conflicts(options, stored)
             if conflicts:
                 raise ValueError(f"--resume continues the run in {self.out} with its own settings, but "
@@ -437,10 +455,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.potential)
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        # fused: torch's one-kernel Adam/AMSGrad instead of a Python loop over ~100 parameter tensors
-        # (PyTorch picks a faster form by default only on GPUs); the same update to round-off.
-        self.optimizer = torch.optim.Adam(self.potential.parameters(), lr=options.lr,
-                                          amsgrad=options.optimizer == "amsgrad", fused=True)
+        self.optimizer = make_optimizer(self.potential, options)
         self.generator = torch.Generator().manual_seed(options.seed)
         self.train_graphs = make_graphs(self.train_set, config.elements, config.cutoff, self.dtype)
         self.valid_graphs = make_graphs(self.valid_set, config.elements, config.cutoff, self.dtype)
@@ -683,7 +698,8 @@ class Trainer:
             f"  energy shifts mu_Z (eV): {shifts}; {self.shift_source}",
             f"  model: preset {o.preset}, {parameters:,} parameters, {o.dtype}, on {self.device} with "
             f"{torch.get_num_threads()} CPU thread(s)",
-            f"  {self.n_batches} batches of up to {o.batch_size} per epoch; warm-up {warmup}",
+            f"  {self.n_batches} batches of up to {o.batch_size} per epoch; warm-up {warmup}; optimizer {o.optimizer}"
+            + (f", decoupled weight decay {o.weight_decay:g} on the weight matrices" if o.weight_decay else ""),
             f"  schedule: {self.schedule.describe()}",
             f"  training step: {self.step_note}",
             f"  EMA of the weights (validated and saved): decay {o.ema_decay:g}, an average over the last "

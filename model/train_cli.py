@@ -8,14 +8,14 @@ from typing import Any, Dict
 
 # Flags whose value (when given) overrides the config file's `training:` section.
 TRAINING_FLAGS = ("valid", "valid_fraction", "preset", "max_time", "epochs", "seed", "energy_key", "forces_key",
-                  "energy_unit", "length_unit", "batch_size", "lr", "optimizer", "energy_weight", "forces_weight",
+                  "energy_unit", "length_unit", "batch_size", "lr", "optimizer", "weight_decay", "energy_weight", "forces_weight",
                   "warmup_steps", "ema_decay", "grad_clip", "isolated_atoms", "dtype", "threads", "stress_weight",
                   "schedule", "decay_fraction", "min_lr", "test", "device")
 # The type of each value a config file's `training:` section may set (None: may also be null).
 TRAINING_TYPES: Dict[str, Any] = {
     "valid": (str, None), "valid_fraction": float, "preset": str, "max_time": ((int, float, str), None),
     "epochs": (int, None), "seed": int, "energy_key": (str, None), "forces_key": (str, None), "energy_unit": str,
-    "length_unit": str, "batch_size": int, "lr": float, "optimizer": str, "energy_weight": float,
+    "length_unit": str, "batch_size": int, "lr": float, "optimizer": str, "weight_decay": float, "energy_weight": float,
     "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
     "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
     "threads": (int, None), "energy_only": bool, "stress_weight": float, "schedule": str, "test": (str, None),
@@ -54,6 +54,8 @@ def register(subparsers) -> None:
     p.add_argument("--batch-size", type=int, help="structures per batch (default 16)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
     p.add_argument("--optimizer", choices=["amsgrad", "adam"])
+    p.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW) on the weight matrices "
+                   "(default 0: none)")
     p.add_argument("--energy-weight", type=float, help="weight of the (eV/atom)^2 energy error (default 1)")
     p.add_argument("--forces-weight", type=float, help="weight of the (eV/A)^2 force error (default 100)")
     p.add_argument("--stress-weight", type=float, help="weight of the (eV/atom)^2 virial error, i.e. the stress "

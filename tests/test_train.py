@@ -218,3 +218,28 @@ def test_fused_optimizer_and_foreach_ema_match_the_per_tensor_loop(data, tmp_pat
         runs.append(weights + [p.detach().clone() for p in t.ema.parameters()])
     for a, b in zip(*runs):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (a - b).abs().max()
+
+
+def test_weight_decay_is_decoupled_and_only_on_the_weight_matrices(data, tmp_path):
+    """--weight-decay: one step from the same weights on the same batch differs from the plain AMSGrad step
+    by exactly lr * wd * w on each weight matrix (AdamW's decoupled decay) and not at all elsewhere."""
+    runs = []
+    for wd in (0.0, 0.1):
+        t = Trainer(options(data, tmp_path / f"wd{wd}", dtype="float64", weight_decay=wd))
+        start = [p.detach().clone() for p in t.potential.parameters()]
+        t._step(torch.arange(0, 2))
+        runs.append(([p.detach().clone() for p in t.potential.parameters()], start,
+                     t.optimizer.param_groups[0]["lr"]))
+    (plain, start, lr), (decayed, start_wd, _) = runs
+    assert all(torch.equal(a, b) for a, b in zip(start, start_wd))
+    # (a parameter the loss does not reach, e.g. a charge embedding, gets no gradient: optimizers skip it)
+    matrices = [k for k, p in enumerate(start) if p.ndim >= 2 and not torch.equal(p, plain[k])]
+    assert len(matrices) > 5 and len(matrices) < len(start)
+    for k, (a, b, w) in enumerate(zip(plain, decayed, start)):
+        if k in matrices:
+            assert torch.allclose(a - b, lr * 0.1 * w, rtol=1e-9, atol=1e-15)
+            assert (a - b).abs().max() > 0
+        else:
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="--weight-decay"):
+        TrainOptions(train=str(data), epochs=1, weight_decay=-1.0).validate()
