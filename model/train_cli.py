@@ -51,7 +51,7 @@ def register(subparsers) -> None:
     p.add_argument("--energy-only", action="store_true", help="train on energies alone (without this, data "
                                                               "without forces is an error)")
     add_reader_flags(p)
-    p.add_argument("--batch-size", type=int, help="structures per batch (default 16)")
+    p.add_argument("--batch-size", type=int, help="structures per batch (default 8)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
     p.add_argument("--optimizer", choices=["amsgrad", "adam"])
     p.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW) on the weight matrices "
