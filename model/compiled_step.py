@@ -90,6 +90,9 @@ class CompiledForces:
         self.pad_length = float(self.network.config.cutoff) + 1.0
         self.function = compile_function(self._energies_and_gradient)
         self.compiled_once = False
+        # The same tensors for the whole run (the optimizer updates them in place): gathered once.
+        self.params = dict(self.network.named_parameters())
+        self.buffers = dict(self.network.named_buffers())
 
     def _energies_and_gradient(self, params: Dict[str, torch.Tensor], buffers: Dict[str, torch.Tensor],
                                vectors: torch.Tensor, idx_i: torch.Tensor, idx_j: torch.Tensor,
@@ -112,8 +115,7 @@ class CompiledForces:
         padded = padded_inputs(vectors, idx_i, idx_j, batch["species"], self.max_atoms, self.max_pairs,
                                self.pad_length)
         try:
-            energies, gradient = self.function(dict(self.network.named_parameters()),
-                                               dict(self.network.named_buffers()), *padded)
+            energies, gradient = self.function(self.params, self.buffers, *padded)
         except Exception as e:   # noqa: BLE001 - torch.compile's failures have no common type
             if self.compiled_once:
                 raise

@@ -457,6 +457,9 @@ class Trainer:
         self.ema = copy.deepcopy(self.potential)
         for p in self.ema.parameters():
             p.requires_grad_(False)
+        # Listed once: walking the module tree for them costs ~2 ms a step, 8 % of a compiled ethanol step.
+        self.trained = list(self.potential.parameters())
+        self.averaged = list(self.ema.parameters())
         self.optimizer = make_optimizer(self.potential, options)
         self.generator = torch.Generator().manual_seed(options.seed)
         self.train_graphs = make_graphs(self.train_set, config.elements, config.cutoff, self.dtype)
@@ -550,13 +553,13 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if o.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.potential.parameters(), o.grad_clip, foreach=True)
+            torch.nn.utils.clip_grad_norm_(self.trained, o.grad_clip, foreach=True)
         self.optimizer.step()
         self.schedule.steps += 1
         # EMA with a short start-up so the average is not dominated by the random initial weights.
         decay = min(o.ema_decay, (1.0 + self.schedule.steps) / (10.0 + self.schedule.steps))
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.ema.parameters()), list(self.potential.parameters()), 1.0 - decay)
+            torch._foreach_lerp_(self.averaged, self.trained, 1.0 - decay)
         n = batch["num_graphs"]
         self.sums["loss"] += float(loss.detach()) * n
         self.sums["e_mse"] += float(e_mse) * n
