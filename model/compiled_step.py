@@ -88,9 +88,7 @@ class CompiledForces:
         atoms, self.max_pairs = largest_batch(graphs, batch_size)
         self.max_atoms = atoms + 1        # + the padding atom, always present
         self.pad_length = float(self.network.config.cutoff) + 1.0
-        # cpp_wrapper: the kernels are called from generated C++ rather than Python and built as one
-        # library: a compiled ethanol step (batch 8, 1 thread) 5-6 % faster and its compilation 7 % shorter.
-        self.function = compile_function(self._energies_and_gradient, options={"cpp_wrapper": True})
+        self.function = compile_function(self._energies_and_gradient)
         self.compiled_once = False
         # The same tensors for the whole run (the optimizer updates them in place): gathered once.
         self.params = dict(self.network.named_parameters())
