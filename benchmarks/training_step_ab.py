@@ -8,7 +8,8 @@ once; then `--rounds` rounds of `--steps` steps alternate between the two varian
 every round), so machine load falls on both alike. "walked" rebuilds the lists and dicts of parameters
 that the clip, the EMA update and the compiled call take before each step, which is what those calls
 did on their own before; "listed" uses the lists made once (Trainer.trained, Trainer.averaged,
-CompiledForces.params). Prints the median ms per step of each and their ratio. 3BPA is the
+CompiledForces.params). Prints the median ms per step of each, their ratio, and the time of the
+walk alone (2,000 repeats: steadier than the A/B on a noisy machine). 3BPA is the
 training part of accuracy_budget.py's split of ../shared/data/3bpa/train_300K.xyz.
 """
 from __future__ import annotations
@@ -54,6 +55,16 @@ def measure(name: str, rounds: int, steps: int, folder: Path) -> dict:
         trainer.trained, trainer.averaged, trainer.compiled.params, trainer.compiled.buffers = listed
         trainer._step(batch)
 
+    def walk():
+        return (list(trainer.potential.parameters()), list(trainer.ema.parameters()),
+                dict(network.named_parameters()), dict(network.named_buffers()))
+    for _ in range(200):
+        walk()
+    start = time.perf_counter()
+    for _ in range(2000):
+        walk()
+    walk_ms = 1000 * (time.perf_counter() - start) / 2000   # the walk alone: a steady figure, unlike the A/B
+
     for k in range(20):   # warm-up
         once(batches[k % len(batches)])
     times = {"walked": [], "listed": []}
@@ -65,7 +76,7 @@ def measure(name: str, rounds: int, steps: int, folder: Path) -> dict:
                 step(batches[k % len(batches)])
             times[label].append(1000 * (time.perf_counter() - start) / steps)
     medians = {k: statistics.median(v) for k, v in times.items()}
-    return {"data": name, "compile_s": compile_s, "ms_per_step": medians,
+    return {"data": name, "compile_s": compile_s, "ms_per_step": medians, "walk_ms": walk_ms,
             "walked_over_listed": medians["walked"] / medians["listed"], "rounds": times}
 
 
@@ -81,7 +92,8 @@ def main() -> None:
             ms = r["ms_per_step"]
             print(f"{name}: compilation and first step {r['compile_s']:.0f} s; ms per step (median of "
                   f"{args.rounds} rounds of {args.steps}): walked {ms['walked']:.2f}, listed {ms['listed']:.2f}, "
-                  f"walked / listed {r['walked_over_listed']:.3f}", flush=True)
+                  f"walked / listed {r['walked_over_listed']:.3f}; the walk alone {r['walk_ms']:.2f} ms "
+                  f"({100 * r['walk_ms'] / ms['listed']:.1f} % of a step)", flush=True)
 
 
 if __name__ == "__main__":
