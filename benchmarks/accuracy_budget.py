@@ -16,7 +16,7 @@ with benchmarks/peers/accuracy.py's code (their own CLIs and defaults, stopped a
 benchmarks/peers/.venv exists (benchmarks/peers/setup.sh), on the same training file.
 With --compile, ours trains with `so3krates train --compile` (the compiled step; its compilation
 counts in the budget) and its rows are "ours (S, compiled)"; without it, with `--no-compile` (the eager
-step: `so3krates train` alone compiles runs of 15 minutes or more).
+step: `so3krates train` alone compiles runs of 10 minutes or more).
 --variants compares training options against each other: each entry is a string of extra
 `so3krates train` options ("" for the defaults), e.g. --variants "" "--lr 4e-3 --forces-weight 1000";
 each (schedule, variant) is one run, labelled with its options. --seeds repeats everything per seed.

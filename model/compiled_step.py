@@ -136,10 +136,11 @@ class CompiledForces:
         return out
 
 
-# `so3krates train` without --compile / --no-compile decides by the run's length. Compilation takes ~4 minutes
-# on a shared CPU core, then a step is 1.8-2.5x faster (docs/benchmarks.md, "A compiled step"): it breaks
-# even near 10 minutes of training, and gave 24 % (ethanol) and 10 % (3BPA) lower force errors in 20.
-AUTO_MIN_SECONDS = 900.0
+# `so3krates train` without --compile / --no-compile decides by the run's length. Compilation takes 1.5-2.5
+# minutes on a shared CPU core, then a step is 1.8-2.5x faster (docs/benchmarks.md, "A compiled step"): it
+# gave 24 % (ethanol) and 10 % (3BPA) lower force errors in 20 minutes, and 22 % on ethanol in 10 (side by
+# side, 2026-12-04: 15.8 against 20.3 meV/A).
+AUTO_MIN_SECONDS = 600.0
 # Runs given by --epochs alone: an eager step of a small molecule takes ~0.05-0.3 s on one core, so
 # 10,000 steps are 10 to 50 minutes.
 AUTO_MIN_STEPS = 10_000

@@ -77,7 +77,7 @@ def register(subparsers) -> None:
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="compile the training step with torch.compile (needs a C++ compiler; the first step takes "
                    "minutes, then ~2x faster steps; short-range models only). Default: compiled on a CPU when the "
-                   "run has 15 minutes of --max-time or 10,000 steps of --epochs left")
+                   "run has 10 minutes of --max-time or 10,000 steps of --epochs left")
     p.add_argument("--test", help="test data: evaluated with the best weights at the end (test_errors.json)")
     p.add_argument("--quiet", action="store_true", help="no progress bar; one line per epoch")
     p.set_defaults(func=main)

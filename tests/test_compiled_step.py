@@ -94,7 +94,7 @@ def test_without_a_flag_the_step_is_compiled_for_long_runs_of_similar_sizes_only
                                     threads=1, progress=False, **options))
     short = trainer("short", epochs=2)
     assert short.compiled is None
-    assert short.step_note.startswith("eager PyTorch (automatic: a run shorter than 15 minutes") and \
+    assert short.step_note.startswith("eager PyTorch (automatic: a run shorter than 10 minutes") and \
         short.step_note.endswith("--compile to change)")
     long = trainer("long", max_time=AUTO_MIN_SECONDS)
     assert isinstance(long.compiled, CompiledForces) and "(automatic: a long run; --no-compile to change)" in \
