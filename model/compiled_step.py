@@ -88,7 +88,7 @@ class CompiledForces:
         atoms, self.max_pairs = largest_batch(graphs, batch_size)
         self.max_atoms = atoms + 1        # + the padding atom, always present
         self.pad_length = float(self.network.config.cutoff) + 1.0
-        # Not cpp_wrapper (as compiled_inference.py has): 5 % faster steps, but its backward loses a
+        # Not cpp_wrapper (as compiled_inference.py has): a few % faster steps, but its backward loses a
         # reference to None on every step in PyTorch 2.9, and a long run dies at exit (none_dealloc).
         self.function = compile_function(self._energies_and_gradient)
         self.compiled_once = False

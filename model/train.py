@@ -457,7 +457,7 @@ class Trainer:
         self.ema = copy.deepcopy(self.potential)
         for p in self.ema.parameters():
             p.requires_grad_(False)
-        # Listed once: walking the module tree for them costs ~2 ms a step, 8 % of a compiled ethanol step.
+        # Listed once: walking the module tree for them cost 0.43 ms a step (1.7 % of a compiled ethanol step).
         self.trained = list(self.potential.parameters())
         self.averaged = list(self.ema.parameters())
         self.optimizer = make_optimizer(self.potential, options)
