@@ -35,8 +35,6 @@ def measure(name: str, rounds: int, steps: int, folder: Path) -> dict:
                                    progress=False, overwrite=True, threads=1))
     if trainer.compiled is None:
         raise SystemExit(f"error: the step of {name} was not compiled ({trainer.step_note})")
-    for key in ("loss", "e_mse", "f_mse", "n"):
-        trainer.sums.setdefault(key, 0.0)
     order, bs = torch.randperm(len(trainer.train_graphs), generator=trainer.generator), trainer.options.batch_size
     batches = [order[k * bs:(k + 1) * bs] for k in range(len(order) // bs)]
     start = time.perf_counter()
