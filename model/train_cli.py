@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     add_reader_flags(p)
     p.add_argument("--batch-size", type=int, help="structures per batch (default 8)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
-    p.add_argument("--optimizer", choices=["amsgrad", "adam"])
+    p.add_argument("--optimizer", choices=["adam", "amsgrad"], help="adam (default) or amsgrad (the default "
+                   "before 2026-12-04; runs started with it resume with it)")
     p.add_argument("--weight-decay", type=float, help="decoupled weight decay (AdamW) on the weight matrices "
                    "(default 0: none)")
     p.add_argument("--energy-weight", type=float, help="weight of the (eV/atom)^2 energy error (default 1)")

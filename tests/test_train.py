@@ -98,6 +98,25 @@ def test_cli_train_and_refusals(data, tmp_path):
         parse_duration("ten minutes")
 
 
+def test_adam_by_default_and_a_run_started_with_amsgrad_resumes_with_it(data, tmp_path, capsys):
+    """Adam is the default since 2026-12-04; a run started with AMSGrad (the default before) keeps it on
+    --resume, with its optimizer state (AMSGrad's running maximum of the second moments)."""
+    common = ["--train", str(data), "--preset", "tiny", "--valid-fraction", "0.25", "--batch-size", "4", "--quiet"]
+    assert cli(["train", "--out", str(tmp_path / "new"), "--epochs", "1"] + common) == 0
+    assert torch.load(tmp_path / "new" / "last.ckpt", weights_only=True)["training"]["options"]["optimizer"] == "adam"
+    assert cli(["train", "--out", str(tmp_path / "old"), "--epochs", "1", "--optimizer", "amsgrad"] + common) == 0
+    assert cli(["train", "--train", str(data), "--out", str(tmp_path / "old"), "--epochs", "2", "--resume",
+                "--quiet"]) == 0
+    resumed = torch.load(tmp_path / "old" / "last.ckpt", weights_only=True)["training"]
+    assert resumed["options"]["optimizer"] == "amsgrad" and len(resumed["history"]) == 2
+    states = resumed["optimizer"]["state"].values()
+    assert states and all("max_exp_avg_sq" in state for state in states)
+    # Asking for the other optimizer on resume is refused, naming both.
+    assert cli(["train", "--train", str(data), "--out", str(tmp_path / "old"), "--epochs", "3", "--resume",
+                "--optimizer", "adam", "--quiet"]) == 1
+    assert "--optimizer 'adam' (the run has 'amsgrad')" in capsys.readouterr().err
+
+
 def test_energy_shifts_by_least_squares_and_isolated_atoms():
     mu = {1: -13.6, 8: -2035.0, 6: -1025.0}
     molecules = [[1, 1], [8, 8], [1, 1, 8], [6, 8], [6, 1, 1, 1, 1]]
@@ -205,7 +224,8 @@ def test_fused_optimizer_and_foreach_ema_match_the_per_tensor_loop(data, tmp_pat
         assert t.optimizer.defaults["fused"] is True
         start = [p.detach().clone() for p in t.potential.parameters()]
         if not fused:
-            t.optimizer = torch.optim.Adam(t.potential.parameters(), lr=t.options.lr, amsgrad=True, foreach=False)
+            t.optimizer = torch.optim.Adam(t.potential.parameters(), lr=t.options.lr,
+                                           amsgrad=t.options.optimizer == "amsgrad", foreach=False)
         for k in range(5):
             ema = [p.detach().clone() for p in t.ema.parameters()]
             t._step(torch.arange(2 * k, 2 * k + 2))
