@@ -53,8 +53,9 @@ class TrainOptions:
     batch_size: int = 8
     lr: float = 2e-3
     # adam, not amsgrad: AMSGrad divides by the largest second moment seen, set by the large gradients of
-    # the first steps, so its steps stay small as the errors fall; Adam's follow them. At 20 min, 14-20 %
-    # lower force errors on rMD17 ethanol (docs/benchmarks.md, "Adam instead of AMSGrad").
+    # the first steps, so its steps stay small as the errors fall; Adam's follow them. At 20 min, 14-28 %
+    # lower force errors on rMD17 ethanol (three seeds), equal on 3BPA (docs/benchmarks.md, "Adam instead
+    # of AMSGrad"); not yet measured at 60 minutes.
     optimizer: str = "adam"              # adam | amsgrad
     weight_decay: float = 0.0            # decoupled (AdamW), on the weight matrices only; 0: plain Adam/AMSGrad
     energy_weight: float = 1.0           # on the squared energy error per atom (eV/atom)^2
