@@ -43,19 +43,18 @@ def measure(name: str, rounds: int, steps: int, folder: Path) -> dict:
     listed = (trainer.trained, trainer.averaged, trainer.compiled.params, trainer.compiled.buffers)
     network = trainer.potential.network
 
+    def walk():
+        return (list(trainer.potential.parameters()), list(trainer.ema.parameters()),
+                dict(network.named_parameters()), dict(network.named_buffers()))
+
     def walked(batch):
-        trainer.trained, trainer.averaged = list(trainer.potential.parameters()), list(trainer.ema.parameters())
-        trainer.compiled.params = dict(network.named_parameters())
-        trainer.compiled.buffers = dict(network.named_buffers())
+        trainer.trained, trainer.averaged, trainer.compiled.params, trainer.compiled.buffers = walk()
         trainer._step(batch)
 
     def once(batch):
         trainer.trained, trainer.averaged, trainer.compiled.params, trainer.compiled.buffers = listed
         trainer._step(batch)
 
-    def walk():
-        return (list(trainer.potential.parameters()), list(trainer.ema.parameters()),
-                dict(network.named_parameters()), dict(network.named_buffers()))
     for _ in range(200):
         walk()
     start = time.perf_counter()
