@@ -261,6 +261,21 @@ RESUME_MAY_CHANGE = ("epochs", "max_time", "progress", "threads", "snapshot_time
                      "train", "valid", "isolated_atoms", "test", "device", "compile")
 
 
+# On resume these keep the run's value unless given again (the rest of RESUME_MAY_CHANGE is how this
+# invocation reports: always the new one).
+RESUME_KEEP_UNLESS_GIVEN = ("train", "valid", "isolated_atoms", "test", "threads", "device", "compile")
+
+
+def _given(options: TrainOptions, key: str) -> bool:
+    """Set by the caller: a data path that is not empty; a flag named on the command line
+    (options.given), or through the API (given None) any value but None."""
+    if key in ("train", "valid", "isolated_atoms", "test"):
+        return bool(getattr(options, key))
+    if options.given is not None:
+        return key in options.given
+    return getattr(options, key) is not None
+
+
 def run_files(out: Path) -> List[Path]:
     return sorted({f for pattern in RUN_FILES for f in out.glob(pattern)}) if out.is_dir() else []
 
@@ -358,7 +373,8 @@ class Trainer:
         """Check --out, --resume and --overwrite; sets self.options (the stored run's, when resuming)
         and returns (the checkpoint to resume or None, the earlier run's files to replace)."""
         from .outputs import check_output_folder
-        options.validate()
+        if not options.resume:
+            options.validate()
         self.options = options
         self.out = Path(options.out)
         check_output_folder(self.out, "--out")
@@ -379,14 +395,20 @@ class Trainer:
                 raise ValueError(f"--resume continues the run in {self.out} with its own settings, but "
                                  f"{'; '.join(conflicts)}: drop these flags to resume, or start a new run with "
                                  f"another --out")
-            # The run's recipe stays as it started; only how long to train may change. The data
-            # files may have moved (their sha256 is checked later); the paths given now are used.
+            # The run's recipe stays as it started; only how long to train may change. What is not
+            # given now stays as the run had it (`--resume --out RUN` alone continues the planned
+            # budget on the same data); the data files may have moved (their sha256 is checked
+            # later): paths given now are used.
+            budget_given = options.epochs is not None or options.max_time is not None
             for key in RESUME_MAY_CHANGE:
-                if key in ("train", "valid", "isolated_atoms", "test") and not getattr(options, key):
+                if key in ("epochs", "max_time") and not budget_given:
+                    continue
+                if key in RESUME_KEEP_UNLESS_GIVEN and not _given(options, key):
                     continue
                 stored[key] = getattr(options, key)
             known = {f.name for f in dataclasses.fields(TrainOptions)}
             self.options = options = TrainOptions(**{k: v for k, v in stored.items() if k in known})
+            options.validate()
         earlier = [] if options.resume else run_files(self.out)
         if earlier and not options.overwrite:
             raise ValueError(f"{self.out} already holds a run ({', '.join(f.name for f in earlier)}): continue "

@@ -35,7 +35,8 @@ def add_reader_flags(p) -> None:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on reference data (extxyz, sGDML npz, DeePMD folder)")
-    p.add_argument("--train", required=True, help="training data file or DeePMD folder")
+    p.add_argument("--train", help="training data file or DeePMD folder (with --resume: the run's own, "
+                                    "unless given)")
     p.add_argument("--valid", help="validation data (default: split off --valid-fraction of --train)")
     p.add_argument("--valid-fraction", type=float, help="default 0.05")
     p.add_argument("--out", required=True, help="run folder")
@@ -45,8 +46,9 @@ def register(subparsers) -> None:
     p.add_argument("--max-time", help="training wall-clock budget over all resumes, e.g. 30m, 2h, 90s")
     p.add_argument("--epochs", type=int, help="total epochs over all resumes")
     p.add_argument("--seed", type=int)
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt (with the "
-                                                         "run's own settings; only --epochs/--max-time may change)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from last.ckpt with the "
+                   "run's own data, settings and budget: `so3krates train --out RUN --resume` (only --epochs/--max-time "
+                   "may change; new paths for moved data files are checked by their sha256)")
     p.add_argument("--overwrite", action="store_true", help="replace the run files already in --out")
     p.add_argument("--energy-only", action="store_true", help="train on energies alone (without this, data "
                                                               "without forces is an error)")
@@ -207,6 +209,6 @@ def main(args) -> int:
         from .checkpoint import load_checkpoint
         epoch = load_checkpoint(last)["training"]["epoch"]
         raise Interrupted(f"{last} holds the run up to epoch {epoch} (best.ckpt the best model so far); continue "
-                          f"it with the same command and --resume") from None
+                          f"it with `so3krates train --out {options.out} --resume`") from None
     print(f"best model (EMA weights): {best}; export it with `so3krates export {best} -o model.pt`")
     return 0

@@ -82,6 +82,32 @@ def test_resume_after_a_time_limit_in_the_middle_of_an_epoch(data, tmp_path):
         torch.testing.assert_close(value, b[name], rtol=1e-6, atol=1e-7)
 
 
+def test_resume_needs_only_the_run_folder(data, tmp_path, monkeypatch):
+    """`so3krates train --out RUN --resume` continues an interrupted run with its own data, budget and
+    threads, to the weights of the uninterrupted run."""
+    train(options(data, tmp_path / "full", epochs=3, seed=3))
+    end_epoch = Trainer._end_epoch
+
+    def interrupted_after_one(self):
+        end_epoch(self)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_end_epoch", interrupted_after_one)
+    with pytest.raises(KeyboardInterrupt):
+        train(options(data, tmp_path / "cut", epochs=3, seed=3))
+    monkeypatch.setattr(Trainer, "_end_epoch", end_epoch)
+    assert torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)["training"]["epoch"] == 1
+    assert cli(["train", "--out", str(tmp_path / "cut"), "--resume", "--quiet"]) == 0
+    a = torch.load(tmp_path / "full" / "last.ckpt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "last.ckpt", weights_only=True)
+    assert b["training"]["epoch"] == 3 and b["training"]["options"]["threads"] == 1
+    assert b["training"]["options"]["train"] == str(data.resolve())
+    for name, value in a["state_dict"].items():
+        torch.testing.assert_close(value, b["state_dict"][name], rtol=1e-6, atol=1e-7)
+    # Without --resume, no data is an error that says which flag to give.
+    assert cli(["train", "--out", str(tmp_path / "new"), "--epochs", "1", "--quiet"]) == 1
+
+
 def test_cli_train_and_refusals(data, tmp_path):
     out = tmp_path / "cli"
     assert cli(["train", "--train", str(data), "--out", str(out), "--preset", "tiny", "--epochs", "1",
