@@ -15,7 +15,7 @@ TRAINING_FLAGS = ("valid", "valid_fraction", "preset", "max_time", "epochs", "se
 TRAINING_TYPES: Dict[str, Any] = {
     "valid": (str, None), "valid_fraction": float, "preset": str, "max_time": ((int, float, str), None),
     "epochs": (int, None), "seed": int, "energy_key": (str, None), "forces_key": (str, None), "energy_unit": str,
-    "length_unit": str, "batch_size": int, "lr": float, "optimizer": str, "weight_decay": float, "energy_weight": float,
+    "length_unit": str, "batch_size": (int, None), "lr": float, "optimizer": str, "weight_decay": float, "energy_weight": float,
     "forces_weight": float, "warmup_steps": int, "plateau_patience": int, "plateau_factor": float,
     "min_lr": float, "ema_decay": float, "grad_clip": float, "isolated_atoms": (str, None), "dtype": str,
     "threads": (int, None), "energy_only": bool, "stress_weight": float, "schedule": str, "test": (str, None),
@@ -53,7 +53,8 @@ def register(subparsers) -> None:
     p.add_argument("--energy-only", action="store_true", help="train on energies alone (without this, data "
                                                               "without forces is an error)")
     add_reader_flags(p)
-    p.add_argument("--batch-size", type=int, help="structures per batch (default 8)")
+    p.add_argument("--batch-size", type=int, help="structures per batch (default: about 100 atoms, 4 to 8 "
+                   "structures: 8 for molecules up to 13 atoms, 4 from 23)")
     p.add_argument("--lr", type=float, help="peak learning rate (default 2e-3)")
     p.add_argument("--optimizer", choices=["adam", "amsgrad"], help="adam (default) or amsgrad (the default "
                    "before 2026-12-04; runs started with it resume with it)")

@@ -10,7 +10,8 @@ import torch
 from so3krates.cli import main as cli
 from so3krates.model.checkpoint import network_from_checkpoint
 from so3krates.model.data import Structure, neighbor_pairs
-from so3krates.model.train import TrainOptions, Trainer, build_config, energy_shifts, parse_duration, train
+from so3krates.model.train import (TrainOptions, Trainer, build_config, default_batch_size, energy_shifts,
+                                   parse_duration, train)
 
 from conftest import hot_ethanol_frames
 
@@ -106,6 +107,19 @@ def test_resume_needs_only_the_run_folder(data, tmp_path, monkeypatch):
         torch.testing.assert_close(value, b["state_dict"][name], rtol=1e-6, atol=1e-7)
     # Without --resume, no data is an error that says which flag to give.
     assert cli(["train", "--out", str(tmp_path / "new"), "--epochs", "1", "--quiet"]) == 1
+
+
+def test_the_default_batch_holds_about_100_atoms(data, tmp_path):
+    """Without --batch-size: 8 structures of up to 12 atoms, fewer for larger ones, 4 at the least;
+    the number chosen is the run's (config.yaml, the checkpoint) and is kept on resume."""
+    def molecules(atoms):
+        return [Structure(np.zeros((atoms, 3)), np.ones(atoms, int), np.zeros((3, 3)), np.zeros(3, bool), 0.0, None)]
+    assert [default_batch_size(molecules(n)) for n in (3, 9, 12, 13, 15, 20, 27, 64, 1000)] == [8, 8, 8, 8, 7, 5,
+                                                                                                4, 4, 4]
+    trainer = Trainer(options(data, tmp_path / "run", batch_size=None, epochs=1))
+    assert trainer.options.batch_size == 8 and trainer.n_batches == 3   # 18 ethanol frames
+    assert "batch_size: 8" in (tmp_path / "run" / "config.yaml").read_text()
+    assert "3 batches of up to 8 (default for 9 atoms a structure" in trainer.startup_summary()
 
 
 def test_cli_train_and_refusals(data, tmp_path):
