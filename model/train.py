@@ -134,8 +134,8 @@ class TrainOptions:
 
 # The default batch: about this many atoms, between 4 and 8 structures. At an equal wall-clock budget the
 # more, smaller steps end lower in force error, down to about 100 atoms a batch (docs/benchmarks.md,
-# "Batch size 8" and "Batch size by atoms"): rMD17 ethanol (9 atoms) 8 beats 16 by 10 % and equals 4;
-# 3BPA (27 atoms) 8 beats 16 by 15 %, 4 beats 8 by 8 %.
+# "Batch size 8" and "The batch by atoms"): rMD17 ethanol (9 atoms) 8 beats 16 by 10 % and equals 4;
+# 3BPA (27 atoms) 8 beats 16 by 15 %, 4 beats 8 by 8-22 % (three seeds, 20 min).
 ATOMS_PER_BATCH = 100
 BATCH_RANGE = (4, 8)
 
