@@ -140,10 +140,13 @@ ATOMS_PER_BATCH = 100
 BATCH_RANGE = (4, 8)
 
 
+def mean_atoms(structures: Sequence[Structure]) -> float:
+    return sum(len(s) for s in structures) / max(len(structures), 1)
+
+
 def default_batch_size(structures: Sequence[Structure]) -> int:
     """Structures per batch when --batch-size is not given: about ATOMS_PER_BATCH atoms, within BATCH_RANGE."""
-    mean_atoms = sum(len(s) for s in structures) / max(len(structures), 1)
-    return max(BATCH_RANGE[0], min(BATCH_RANGE[1], round(ATOMS_PER_BATCH / max(mean_atoms, 1.0))))
+    return max(BATCH_RANGE[0], min(BATCH_RANGE[1], round(ATOMS_PER_BATCH / max(mean_atoms(structures), 1.0))))
 
 
 def check_device(device: str) -> None:
@@ -368,7 +371,7 @@ class Trainer:
         self._read_data()
         if options.batch_size is None:   # resolved once: config.yaml and the checkpoint hold the number
             options.batch_size = default_batch_size(self.train_set)
-            self.batch_note = f" (default for {self._mean_atoms():.0f} atoms a structure: about " \
+            self.batch_note = f" (default for {mean_atoms(self.train_set):.0f} atoms a structure: about " \
                               f"{ATOMS_PER_BATCH} atoms a batch, {BATCH_RANGE[0]} to {BATCH_RANGE[1]} structures)"
         config = self._check_resumed_data(resume) if resume is not None else build_config(options, self.train_set)
         torch.manual_seed(options.seed)
@@ -385,10 +388,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self._write_config()
 
-    batch_note = ""
-
-    def _mean_atoms(self) -> float:
-        return sum(len(s) for s in self.train_set) / max(len(self.train_set), 1)
+    batch_note = ""   # how the batch size was chosen, when by default (the start-up summary)
 
     # --- set-up --------------------------------------------------------------------------------------
     def _open_run_folder(self, options: TrainOptions):

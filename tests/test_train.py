@@ -110,8 +110,8 @@ def test_resume_needs_only_the_run_folder(data, tmp_path, monkeypatch):
 
 
 def test_the_default_batch_holds_about_100_atoms(data, tmp_path):
-    """Without --batch-size: 8 structures of up to 12 atoms, fewer for larger ones, 4 at the least;
-    the number chosen is the run's (config.yaml, the checkpoint) and is kept on resume."""
+    """Without --batch-size: 8 structures of up to 13 atoms, fewer for larger ones, 4 at the least;
+    the number chosen is the run's (config.yaml) and is said in the start-up summary."""
     def molecules(atoms):
         return [Structure(np.zeros((atoms, 3)), np.ones(atoms, int), np.zeros((3, 3)), np.zeros(3, bool), 0.0, None)]
     assert [default_batch_size(molecules(n)) for n in (3, 9, 12, 13, 15, 20, 27, 64, 1000)] == [8, 8, 8, 8, 7, 5,
